@@ -1,0 +1,36 @@
+"""Scrub keys and client secrets out of text before it is logged, stored or shown.
+
+Django-free on purpose: the upstream client uses it, and the client must not import Django.
+"""
+
+import re
+from collections.abc import Iterable
+
+REDACTED = "[REDACTED]"
+
+# No word boundaries before the prefixes: a key glued to other text ("api_key%3Dsk-…",
+# "xek_…") must still be caught, and over-redacting a word like "task-123456" is harmless.
+# The `*` covers OpenAI's partially masked form ("sk-abc*****wxyz") in its 401 messages.
+_PATTERNS = (
+    (re.compile(r"sk-[A-Za-z0-9_*.\-]{6,}"), "sk-" + REDACTED),
+    (re.compile(r"ek_[A-Za-z0-9_]{10,}"), "ek_" + REDACTED),
+    (re.compile(r"(?i)\b(bearer)\s+[^\s\"'<>,;]+"), r"\1 " + REDACTED),
+)
+# C0/C1 control characters and Unicode line separators: they forge or break log lines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    # Longest first, so a secret that contains a shorter one is replaced whole.
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def clean_text(text: str, *, limit: int = 2048, secrets: Iterable[str] = ()) -> str:
+    """One safe line of at most `limit` characters ("…" included), for logs and audit columns."""
+    # Redact before truncating: a cut could leave a key prefix too short for the patterns.
+    text = _CONTROL.sub(" ", redact(text, secrets))
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"

@@ -1,0 +1,230 @@
+"""Settings for the ChatKit session broker.
+
+Every value comes from the environment (or a `.env` file beside manage.py), read once here with
+django-environ. `.env.example` lists each variable with a one-line comment. The defaults are the
+zero-setup ones `make run` relies on: SQLite, an embedded filesystem Celery broker, no Redis.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+# interpolate=False: a value starting with "$" (a random secret key, say) would otherwise be read
+# as a reference to another variable.
+env = environ.Env(interpolate=False)
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. Set it (see .env.example), or set DJANGO_DEBUG=true "
+            "for local development."
+        )
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_celery_results",
+    "sessions_api",
+    "audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "broker.urls"
+WSGI_APPLICATION = "broker.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------------
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+# Never wrap requests in a transaction: a failing request would roll back the audit row of the
+# failed attempt, which is exactly the row operators need (a system check enforces this).
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # gunicorn threads and the Celery worker write concurrently: WAL plus a busy timeout and
+    # IMMEDIATE transactions keep SQLite from answering "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 10,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth, i18n, static -------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- Security -----------------------------------------------------------------------------------
+
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+if env.bool("DJANGO_BEHIND_TLS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Django REST framework ----------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["sessions_api.drf.CsrfSessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_PARSER_CLASSES": ["sessions_api.drf.LimitedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "sessions_api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Hops of trusted reverse proxies in front of us; decides which X-Forwarded-For entry is
+    # the client's address (only used when CHATKIT_AUDIT_CLIENT_IP is on).
+    "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=0),
+}
+
+# --- The upstream and ChatKit ---------------------------------------------------------------------
+
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_WORKFLOW_ID = env.str("OPENAI_WORKFLOW_ID", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+
+# Workflows a browser may ask for by id; the configured one is always allowed.
+CHATKIT_ALLOWED_WORKFLOWS = env.list("CHATKIT_ALLOWED_WORKFLOWS", default=[])
+# How a logged-in user is named to OpenAI: hmac (pseudonymous, default), username or pk.
+CHATKIT_USER_ID_MODE = env.str("CHATKIT_USER_ID_MODE", default="hmac")
+# Key of the HMAC above. Changing it renames every user upstream (their ChatKit history is scoped
+# by that name), so set it once and keep it even when DJANGO_SECRET_KEY rotates.
+CHATKIT_USER_ID_SECRET = env.str("CHATKIT_USER_ID_SECRET", default="") or SECRET_KEY
+CHATKIT_ALLOW_ANONYMOUS = env.bool("CHATKIT_ALLOW_ANONYMOUS", default=True)
+CHATKIT_ANON_COOKIE_NAME = env.str("CHATKIT_ANON_COOKIE_NAME", default="chatkit_anon")
+CHATKIT_ANON_COOKIE_AGE = env.int("CHATKIT_ANON_COOKIE_AGE", default=365 * 24 * 3600)
+# Optional session options sent upstream; unset means OpenAI's defaults.
+CHATKIT_EXPIRES_AFTER_SECONDS = env.int("CHATKIT_EXPIRES_AFTER_SECONDS", default=None)
+CHATKIT_RATE_LIMIT_PER_MINUTE = env.int("CHATKIT_RATE_LIMIT_PER_MINUTE", default=None)
+CHATKIT_CONFIGURATION = env.json("CHATKIT_CONFIGURATION", default=None)
+# Upstream HTTP: connect and read timeouts per attempt, a wall-clock budget per call (retries
+# included) and the retry count for connection failures and 5xx answers.
+CHATKIT_CONNECT_TIMEOUT = env.float("CHATKIT_CONNECT_TIMEOUT", default=3.0)
+CHATKIT_READ_TIMEOUT = env.float("CHATKIT_READ_TIMEOUT", default=8.0)
+CHATKIT_TOTAL_TIMEOUT = env.float("CHATKIT_TOTAL_TIMEOUT", default=10.0)
+CHATKIT_MAX_RETRIES = env.int("CHATKIT_MAX_RETRIES", default=2)
+CHATKIT_MAX_BODY_BYTES = env.int("CHATKIT_MAX_BODY_BYTES", default=16 * 1024)
+# Store the caller's IP address on audit rows (off by default: it is personal data).
+CHATKIT_AUDIT_CLIENT_IP = env.bool("CHATKIT_AUDIT_CLIENT_IP", default=False)
+# Cancel a user's live ChatKit sessions upstream when they log out.
+CHATKIT_CANCEL_ON_LOGOUT = env.bool("CHATKIT_CANCEL_ON_LOGOUT", default=True)
+
+# --- Redis, Celery --------------------------------------------------------------------------------
+
+REDIS_URL = env.str("REDIS_URL", default="")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL or "filesystem://"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The zero-setup broker: a spool folder shared by web, worker and beat on one machine.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(VAR_DIR / "celery" / "queue"),
+        "data_folder_out": str(VAR_DIR / "celery" / "queue"),
+        "control_folder": str(VAR_DIR / "celery" / "control"),
+    }
+else:
+    # Short socket timeouts so a dead or silent Redis fails an enqueue fast instead of hanging
+    # the web request that triggered it.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_connect_timeout": 1,
+        "socket_timeout": 2,
+        "visibility_timeout": 3600,
+    }
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+# Results are stored only by tasks that say ignore_result=False: most need none.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_EXPIRES = 7 * 24 * 3600
+CELERY_TASK_SOFT_TIME_LIMIT = 30
+CELERY_TASK_TIME_LIMIT = 60
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE: dict = {}
+
+# --- Logging --------------------------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
+}

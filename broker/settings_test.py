@@ -1,0 +1,27 @@
+"""Test settings: the real settings, plus what only a test run wants.
+
+DATABASE_URL and REDIS_URL still come from the environment, so CI runs the same suite on
+PostgreSQL and Redis that runs locally on SQLite.
+"""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
+
+from broker.settings import *  # noqa: E402,F403
+
+# Hashing passwords slowly is a production feature; tests create many users.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Tests never pick up an operator's real key or workflow from the shell or a .env file.
+OPENAI_API_KEY = ""
+OPENAI_WORKFLOW_ID = ""
+CHATKIT_ALLOWED_WORKFLOWS = []
+CHATKIT_USER_ID_SECRET = "tests-only-user-id-secret"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# No task is ever published to a broker by accident; the tests that need a real broker and
+# worker point Celery at REDIS_URL themselves.
+CELERY_BROKER_URL = "memory://"
+CELERY_BROKER_TRANSPORT_OPTIONS = {}

@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import path, re_path
+
+from broker.views import health
+from sessions_api.apis import ChatKitSessionCreateApi
+
+session_create = ChatKitSessionCreateApi.as_view()
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", health, name="health"),
+    # The trailing slash is optional: APPEND_SLASH cannot redirect a POST without losing its body.
+    re_path(r"^api/chatkit/session/?$", session_create, name="chatkit-session-create"),
+    # The path from the integration guide this service grew out of, so frontends written from it
+    # keep working.
+    re_path(r"^api/api/chatkit/session/?$", session_create, name="chatkit-session-create-legacy"),
+]

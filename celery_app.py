@@ -1,0 +1,45 @@
+"""The Celery application, configured from Django settings (the CELERY_* names).
+
+`broker/__init__.py` imports it, so every Django process enqueues through this configured app.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broker.settings")
+
+logger = logging.getLogger(__name__)
+
+app = Celery("broker")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def _create_filesystem_spool(sender: Celery, **kwargs) -> None:
+    # kombu's filesystem transport (the embedded default broker) expects its folders to exist.
+    if str(sender.conf.broker_url).startswith("filesystem://"):
+        for key in ("data_folder_in", "data_folder_out", "control_folder"):
+            folder = sender.conf.broker_transport_options.get(key)
+            if folder:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+def enqueue_on_commit(task, **kwargs) -> None:
+    """Publish `task` with JSON kwargs once the current transaction commits.
+
+    A broker outage is logged and swallowed: it must never fail the web request that caused
+    the enqueue. The database stays the source of truth; periodic sweeps catch up.
+    """
+    from django.db import transaction
+
+    def publish() -> None:
+        try:
+            task.apply_async(kwargs=kwargs)
+        except Exception:  # noqa: BLE001 - any broker failure, by design
+            logger.warning("Could not enqueue %s; the next sweep will catch up.", task.name)
+
+    transaction.on_commit(publish)

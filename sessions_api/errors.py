@@ -1,0 +1,173 @@
+"""One error vocabulary for the API, and the DRF exception handler that renders it.
+
+Every error leaves as `{"error": {"code", "message", "request_id"}}`, where request_id is the
+audit row of the attempt (null when nothing was recorded, e.g. a wrong method).
+"""
+
+import logging
+
+from django.conf import settings
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class ApplicationError(Exception):
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    code = "internal_error"
+    message = "Something went wrong on our side."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        request_id: int | None = None,
+        retry_after: int | None = None,
+        debug_detail: str = "",
+    ) -> None:
+        self.message = message or self.message
+        self.request_id = request_id
+        self.retry_after = retry_after
+        # Only shown when DEBUG is on: the upstream's own words, to help a developer.
+        self.debug_detail = debug_detail
+        super().__init__(self.message)
+
+
+class InvalidRequest(ApplicationError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "invalid_request"
+    message = "The request body is not valid."
+
+
+class RequestTooLarge(ApplicationError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "invalid_request"
+    message = "The request body is too large."
+
+
+class WorkflowNotAllowed(ApplicationError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "workflow_not_allowed"
+    message = "This workflow is not available here."
+
+
+class AuthenticationRequired(ApplicationError):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    code = "authentication_required"
+    message = "Log in to start a chat."
+
+
+class CsrfRejected(exceptions.PermissionDenied):
+    """Raised by our SessionAuthentication; a DRF exception so DRF resets request.user."""
+
+
+class CsrfFailed(ApplicationError):
+    status_code = status.HTTP_403_FORBIDDEN
+    code = "csrf_failed"
+    message = "CSRF check failed: send the X-CSRFToken header with the csrftoken cookie's value."
+
+
+class NotConfigured(ApplicationError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "not_configured"
+    message = "Chat is not configured on this server."
+
+
+class UpstreamAuthFailed(ApplicationError):
+    # 502, never 401: the browser would take a 401 to mean that *it* is logged out.
+    status_code = status.HTTP_502_BAD_GATEWAY
+    code = "upstream_auth_failed"
+    message = "The chat service refused this server's credentials."
+
+
+class UpstreamWorkflowNotFound(ApplicationError):
+    status_code = status.HTTP_502_BAD_GATEWAY
+    code = "upstream_workflow_not_found"
+    message = "The chat workflow was not found for this server's credentials."
+
+
+class UpstreamRejected(ApplicationError):
+    status_code = status.HTTP_502_BAD_GATEWAY
+    code = "upstream_rejected"
+    message = "The chat service rejected the session request."
+
+
+class UpstreamRateLimited(ApplicationError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "upstream_rate_limited"
+    message = "The chat service is busy. Try again shortly."
+
+
+class UpstreamUnavailable(ApplicationError):
+    status_code = status.HTTP_502_BAD_GATEWAY
+    code = "upstream_unavailable"
+    message = "The chat service is unavailable. Try again shortly."
+
+
+class UpstreamTimedOut(ApplicationError):
+    status_code = status.HTTP_504_GATEWAY_TIMEOUT
+    code = "upstream_timeout"
+    message = "The chat service took too long to answer."
+
+
+class UpstreamInvalidResponse(ApplicationError):
+    status_code = status.HTTP_502_BAD_GATEWAY
+    code = "upstream_invalid_response"
+    message = "The chat service sent an answer we could not use."
+
+
+def as_application_error(exc: Exception) -> ApplicationError | None:
+    """Translate DRF's and Django's own exceptions into our vocabulary."""
+    if isinstance(exc, ApplicationError):
+        return exc
+    request_id = getattr(exc, "request_id", None)
+    if isinstance(exc, exceptions.MethodNotAllowed):
+        error = ApplicationError(str(exc.detail), request_id=request_id)
+        error.status_code, error.code = exc.status_code, "method_not_allowed"
+        return error
+    if isinstance(exc, exceptions.UnsupportedMediaType):
+        error = InvalidRequest("Send the body as application/json.", request_id=request_id)
+        error.status_code = exc.status_code
+        return error
+    if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        return AuthenticationRequired(request_id=request_id)
+    if isinstance(exc, CsrfRejected):
+        return CsrfFailed(request_id=request_id)
+    if isinstance(exc, exceptions.ValidationError):
+        return InvalidRequest(_validation_message(exc.detail), request_id=request_id)
+    if isinstance(exc, exceptions.ParseError):
+        return InvalidRequest(f"Malformed JSON: {exc.detail}", request_id=request_id)
+    if isinstance(exc, exceptions.APIException):
+        error = ApplicationError(str(exc.detail), request_id=request_id)
+        error.status_code, error.code = exc.status_code, exc.default_code
+        return error
+    return None
+
+
+def _validation_message(detail) -> str:
+    if isinstance(detail, dict):
+        parts = [f"{field}: {' '.join(map(str, errors))}" for field, errors in detail.items()]
+        return "; ".join(parts)
+    if isinstance(detail, list):
+        return " ".join(map(str, detail))
+    return str(detail)
+
+
+def render_error(error: ApplicationError) -> Response:
+    body = {"code": error.code, "message": error.message, "request_id": error.request_id}
+    if settings.DEBUG and error.debug_detail:
+        body["upstream_message"] = error.debug_detail
+    response = Response({"error": body}, status=error.status_code)
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def exception_handler(exc: Exception, context: dict) -> Response:
+    error = as_application_error(exc)
+    if error is None:
+        # An unexpected bug: still a JSON envelope, never a traceback page.
+        logger.exception("Unhandled error in %s", context.get("view").__class__.__name__)
+        error = ApplicationError()
+    return render_error(error)

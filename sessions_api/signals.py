@@ -1,0 +1,14 @@
+from django.conf import settings
+from django.contrib.auth.signals import user_logged_out
+from django.dispatch import receiver
+
+
+@receiver(user_logged_out)
+def cancel_chatkit_sessions_on_logout(sender, request, user, **kwargs) -> None:
+    """A logged-out browser must not keep chatting on a secret minted for the user."""
+    if user is None or not settings.CHATKIT_CANCEL_ON_LOGOUT:
+        return
+    from celery_app import enqueue_on_commit
+    from sessions_api.tasks import chatkit_sessions_cancel_for_user
+
+    enqueue_on_commit(chatkit_sessions_cancel_for_user, user_id=user.pk)
