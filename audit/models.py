@@ -123,9 +123,7 @@ class SessionAttempt(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["created_at"], name="audit_attempt_created_idx"),
-            models.Index(
-                fields=["status_code", "created_at"], name="audit_attempt_status_idx"
-            ),
+            models.Index(fields=["status_code", "created_at"], name="audit_attempt_status_idx"),
             models.Index(fields=["user_ref", "created_at"], name="audit_attempt_userref_idx"),
         ]
 

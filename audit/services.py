@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import transaction
 
 from audit.models import SessionAttempt
-from broker.redaction import clean_text
+from sessions_api.redaction import clean_text
 
 ERROR_MESSAGE_LIMIT = 2048
 

@@ -21,7 +21,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-# No task is ever published to a broker by accident; the tests that need a real broker and
-# worker point Celery at REDIS_URL themselves.
-CELERY_BROKER_URL = "memory://"
-CELERY_BROKER_TRANSPORT_OPTIONS = {}
+# With REDIS_URL set (always in CI) tasks go through the real Redis, as in production; without
+# it, kombu's in-memory transport keeps a local run free of services.
+if not REDIS_URL:
+    CELERY_BROKER_URL = "memory://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}

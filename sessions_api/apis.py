@@ -3,6 +3,7 @@
 import ipaddress
 
 from django.conf import settings
+from django.contrib.auth import get_user
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -76,9 +77,9 @@ class ChatKitSessionCreateApi(APIView):
             and not isinstance(exc, exceptions.MethodNotAllowed)
         ):
             # Refused before the service ran: still one audit row, so nothing is lost.
-            # request._request.user is the session's user even when DRF's CSRF check failed.
+            # get_user reads the session: DRF has reset request.user if its CSRF check failed.
             attempt = chatkit_attempt_reject(
-                user=self.request._request.user,
+                user=get_user(self.request._request),
                 identity=self.identity,
                 error=error,
                 client_ip=client_ip_of(self.request),

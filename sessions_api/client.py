@@ -23,7 +23,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
-from broker.redaction import clean_text
+from sessions_api.redaction import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class ChatKitClient:
             )
             # str(error) carries status, request id and the redacted upstream message.
             logger.warning(
-                "chatkit %s attempt %d failed after %d ms: %s; %s",
+                "chatkit %s attempt %d failed, %d ms into the call: %s; %s",
                 op,
                 attempt,
                 error.latency_ms,

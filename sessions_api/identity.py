@@ -65,4 +65,3 @@ def anon_cookie_set(response: HttpResponse, anon_id: str) -> None:
         samesite="Lax",
         secure=not settings.DEBUG,
     )
-

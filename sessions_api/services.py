@@ -119,7 +119,10 @@ def chatkit_session_create(
 
     missing = [
         name
-        for name, value in (("OPENAI_API_KEY", settings.OPENAI_API_KEY), ("OPENAI_WORKFLOW_ID", workflow))
+        for name, value in (
+            ("OPENAI_API_KEY", settings.OPENAI_API_KEY),
+            ("OPENAI_WORKFLOW_ID", workflow),
+        )
         if not value
     ]
     if missing:

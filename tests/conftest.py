@@ -6,6 +6,7 @@ from rest_framework.test import APIClient
 from sessions_api.emulator import serve_in_thread
 from tests.constants import CANARY_KEY, OTHER_WORKFLOW_ID, WORKFLOW_ID
 
+
 def require_service(name: str, variable: str) -> str:
     """The URL of a real service; skips locally when it is not configured, fails in CI."""
     url = os.environ.get(variable, "")

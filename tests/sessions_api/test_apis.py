@@ -98,7 +98,14 @@ def error_of(response) -> dict:
         ([{"status": 403}], 502, "upstream_auth_failed", "upstream_error", 403, 1),
         ([{"status": 400}], 502, "upstream_rejected", "upstream_error", 400, 1),
         ([{"status": 422}], 502, "upstream_rejected", "upstream_error", 422, 1),
-        ([{"status": 429, "retry_after": 30}], 503, "upstream_rate_limited", "upstream_error", 429, 1),
+        (
+            [{"status": 429, "retry_after": 30}],
+            503,
+            "upstream_rate_limited",
+            "upstream_error",
+            429,
+            1,
+        ),
         ([{"status": 500}] * 3, 502, "upstream_unavailable", "upstream_error", 500, 3),
         ([{"status": 503}] * 3, 502, "upstream_unavailable", "upstream_error", 503, 3),
         ([{"hangup": True}], 502, "upstream_unavailable", "network_error", None, 1),
@@ -106,7 +113,9 @@ def error_of(response) -> dict:
         ([{"garbage": True}], 502, "upstream_invalid_response", "invalid_response", 200, 1),
     ],
 )
-def test_error_table(api_client, upstream, faults, status, code, outcome, upstream_status, attempts):
+def test_error_table(
+    api_client, upstream, faults, status, code, outcome, upstream_status, attempts
+):
     upstream.state.push_faults(faults)
 
     response = post(api_client)
@@ -202,7 +211,9 @@ def test_upstream_text_reaches_the_browser_only_in_debug(api_client, upstream, s
         ('{"workflow_id": "wf_not_allowed"}', "application/json", 400, "workflow_not_allowed"),
     ],
 )
-def test_bad_input_gets_json_error_and_audit_row(api_client, upstream, raw, content_type, status, code):
+def test_bad_input_gets_json_error_and_audit_row(
+    api_client, upstream, raw, content_type, status, code
+):
     response = post(api_client, raw=raw, content_type=content_type)
 
     assert response.status_code == status

@@ -12,7 +12,8 @@ REDACTED = "[REDACTED]"
 # "xek_…") must still be caught, and over-redacting a word like "task-123456" is harmless.
 # The `*` covers OpenAI's partially masked form ("sk-abc*****wxyz") in its 401 messages.
 _PATTERNS = (
-    (re.compile(r"sk-[A-Za-z0-9_*.\-]{6,}"), "sk-" + REDACTED),
+    # Never ends on ".", so the full stop after a key in a sentence survives.
+    (re.compile(r"sk-[A-Za-z0-9_*.\-]{5,}[A-Za-z0-9_*\-]"), "sk-" + REDACTED),
     (re.compile(r"ek_[A-Za-z0-9_]{10,}"), "ek_" + REDACTED),
     (re.compile(r"(?i)\b(bearer)\s+[^\s\"'<>,;]+"), r"\1 " + REDACTED),
 )
