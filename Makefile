@@ -1,0 +1,31 @@
+# Two commands for a new user: `make run` and `make test`. Both need only Python 3.11+.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test bench lint clean
+
+$(VENV)/.installed: requirements/base.txt requirements/prod.txt requirements/dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	touch $@
+
+## Set everything up and run the service (web, worker, beat; the emulator without a key).
+run: $(VENV)/.installed
+	$(PY) scripts/run.py
+
+## Set everything up and run the whole test suite.
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+## Benchmarks; results go in docs/benchmarks.md.
+bench: $(VENV)/.installed
+	$(PY) bench/emulator_throughput.py
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,89 @@
+"""`make run`: migrate, create a demo admin, then run web, worker, beat (and the emulator).
+
+Without OPENAI_API_KEY (in the environment or .env) the local ChatKit emulator is started and
+the broker is pointed at it, so everything works with no key and no network. Ctrl-C stops
+every process this started.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import environ
+from honcho.manager import Manager
+from honcho.printer import Printer
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def manage(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        check=check,
+        capture_output=not check,
+        text=True,
+    )
+
+
+def main() -> int:
+    environ.Env.read_env(ROOT / ".env", overwrite=False)
+    env = dict(os.environ)
+    env.setdefault("DJANGO_DEBUG", "true")  # plain http on localhost: no Secure-only cookies
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    port = env.setdefault("PORT", "8000")
+    emulator_port = env.get("EMULATOR_PORT", "8765")
+    use_emulator = not env.get("OPENAI_API_KEY")
+    if use_emulator:
+        env["OPENAI_API_KEY"] = "sk-local-emulator-key-not-a-secret"
+        env.setdefault("OPENAI_WORKFLOW_ID", "wf_local_emulator_demo")
+        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{emulator_port}/v1"
+
+    manage("migrate", "--noinput", "-v", "0", env=env)
+    manage("collectstatic", "--noinput", "-v", "0", env=env)
+    admin_user = env.setdefault("DJANGO_SUPERUSER_USERNAME", "admin")
+    admin_password = env.setdefault("DJANGO_SUPERUSER_PASSWORD", "admin")
+    env.setdefault("DJANGO_SUPERUSER_EMAIL", "admin@example.com")
+    created = manage("createsuperuser", "--noinput", env=env, check=False).returncode == 0
+
+    manager = Manager(Printer(sys.stdout))
+    if use_emulator:
+        manager.add_process(
+            "emulator",
+            f"{PYTHON} manage.py chatkit_emulator --port {emulator_port} "
+            f"--workflow {env['OPENAI_WORKFLOW_ID']}",
+            env=env,
+            cwd=str(ROOT),
+        )
+    manager.add_process(
+        "web", f"{PYTHON} -m gunicorn broker.wsgi --bind 127.0.0.1:{port}", env=env, cwd=str(ROOT)
+    )
+    manager.add_process(
+        "worker",
+        f"{PYTHON} -m celery -A celery_app worker --loglevel INFO --concurrency 2",
+        env=env,
+        cwd=str(ROOT),
+    )
+    manager.add_process(
+        "beat", f"{PYTHON} -m celery -A celery_app beat --loglevel INFO", env=env, cwd=str(ROOT)
+    )
+
+    upstream = "the local emulator" if use_emulator else env.get("OPENAI_BASE_URL", "OpenAI")
+    credentials = f"{admin_user} / {admin_password}" if created else f"{admin_user} (existing)"
+    print(
+        f"\n  Session endpoint  POST http://127.0.0.1:{port}/api/chatkit/session/\n"
+        f"  Admin             http://127.0.0.1:{port}/admin/  ({credentials})\n"
+        f"  Upstream          {upstream}\n"
+        f"  Try it:           curl -s -X POST http://127.0.0.1:{port}/api/chatkit/session/\n"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    manager.loop()
+    return manager.returncode or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
