@@ -129,3 +129,310 @@ class SessionAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.outcome} {self.status_code or ''}"
+
+
+class AttemptBacklog(models.Model):
+    """An audit row not yet folded into the per-minute statistics.
+
+    Written in the same transaction as its SessionAttempt, so a row becomes visible to the
+    aggregator exactly when it commits: commits out of id order, overlapping runs and a worker
+    dying mid-run can neither skip a row nor count it twice.
+    """
+
+    attempt = models.OneToOneField(
+        SessionAttempt,
+        verbose_name="attempt",
+        primary_key=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="The audit row waiting to be aggregated.",
+    )
+    minute = models.DateTimeField(
+        "minute", help_text="The attempt's created_at truncated to the minute (UTC)."
+    )
+
+    class Meta:
+        verbose_name = "attempt awaiting aggregation"
+        verbose_name_plural = "attempts awaiting aggregation"
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt_id} ({self.minute:%Y-%m-%d %H:%M})"
+
+
+class AttemptMinuteStat(models.Model):
+    """Attempts per minute, workflow, outcome, upstream status and upstream error code.
+
+    Survives the pruning of raw audit rows; hourly and daily figures are sums over these rows.
+    """
+
+    minute = models.DateTimeField("minute", help_text="Start of the minute (UTC).")
+    workflow_id = models.CharField(
+        "workflow", max_length=128, blank=True, help_text="The ChatKit workflow requested."
+    )
+    outcome = models.CharField(
+        "outcome",
+        max_length=32,
+        choices=SessionAttempt.Outcome.choices,
+        help_text="How the attempts ended.",
+    )
+    status_code = models.PositiveSmallIntegerField(
+        "upstream status", default=0, help_text="Upstream HTTP status; 0 when there was none."
+    )
+    error_code = models.CharField(
+        "upstream error code", max_length=64, blank=True, help_text="error.code from OpenAI."
+    )
+    attempts = models.PositiveIntegerField("attempts", help_text="Attempts in this bucket.")
+    users = models.PositiveIntegerField(
+        "distinct users", help_text="Distinct user refs among those attempts."
+    )
+
+    class Meta:
+        verbose_name = "attempt statistic (per minute)"
+        verbose_name_plural = "attempt statistics (per minute)"
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["minute", "workflow_id", "outcome", "status_code", "error_code"],
+                name="audit_minutestat_bucket_uniq",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status_code", "minute"], name="audit_minutestat_status_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.outcome} {self.status_code}: {self.attempts}"
+
+
+class Alert(models.Model):
+    """One incident of one alert rule for one key (e.g. upstream 401 on one workflow)."""
+
+    class State(models.TextChoices):
+        FIRING = "firing", "Firing"
+        RESOLVED = "resolved", "Resolved"
+
+    class Severity(models.TextChoices):
+        CRITICAL = "critical", "Critical"
+        WARNING = "warning", "Warning"
+
+    rule = models.CharField("rule", max_length=64, help_text="Name of the alert rule.")
+    fingerprint = models.CharField(
+        "fingerprint",
+        max_length=64,
+        help_text="Stable id of rule + key; the same for every incident of that pair.",
+    )
+    state = models.CharField(
+        "state",
+        max_length=16,
+        choices=State.choices,
+        default=State.FIRING,
+        help_text="Firing until the condition has been false for the quiet period.",
+    )
+    severity = models.CharField(
+        "severity", max_length=16, choices=Severity.choices, help_text="From the rule."
+    )
+    status_code = models.PositiveSmallIntegerField(
+        "upstream status",
+        null=True,
+        blank=True,
+        help_text="The upstream status this incident is about; empty for rules that span several.",
+    )
+    workflow_id = models.CharField(
+        "workflow", max_length=128, blank=True, help_text="The workflow this incident is about."
+    )
+    error_code = models.CharField(
+        "upstream error code", max_length=64, blank=True, help_text="Most recent error.code seen."
+    )
+    first_seen = models.DateTimeField("first seen", help_text="First matching attempt.")
+    last_seen = models.DateTimeField("last seen", help_text="Latest matching attempt.")
+    count = models.PositiveIntegerField(
+        "count", help_text="Matching attempts from first seen to last seen."
+    )
+    threshold = models.PositiveIntegerField(
+        "threshold", help_text="Matching attempts within the window that fire the rule."
+    )
+    window_seconds = models.PositiveIntegerField("window (s)", help_text="The rule's window.")
+    min_ratio = models.FloatField(
+        "minimum ratio",
+        null=True,
+        blank=True,
+        help_text="Share of all attempts that must match too, if the rule has one.",
+    )
+    sample_message = models.TextField(
+        "sample upstream message", blank=True, help_text="From the latest matching attempt."
+    )
+    sample_attempt_ids = models.JSONField(
+        "sample attempts", default=list, blank=True, help_text="Ids of recent matching attempts."
+    )
+    condition_false_since = models.DateTimeField(
+        "condition false since",
+        null=True,
+        blank=True,
+        help_text="When the rule stopped matching; resolved once this is a quiet period old.",
+    )
+    last_notified_at = models.DateTimeField(
+        "last notified", null=True, blank=True, help_text="Last firing notification queued."
+    )
+    notifications_sent = models.PositiveIntegerField(
+        "firing notifications", default=0, help_text="Firing notifications queued so far."
+    )
+    acknowledged_at = models.DateTimeField(
+        "acknowledged at", null=True, blank=True, help_text="Acknowledged: no more repeats."
+    )
+    acknowledged_by = models.CharField(
+        "acknowledged by", max_length=150, blank=True, help_text="Who acknowledged it."
+    )
+    resolved_at = models.DateTimeField(
+        "resolved at", null=True, blank=True, help_text="When the incident resolved."
+    )
+    created_at = models.DateTimeField(
+        "created at", default=timezone.now, help_text="When the incident was recorded."
+    )
+
+    class Meta:
+        verbose_name = "alert"
+        verbose_name_plural = "alerts"
+        ordering = ["-first_seen"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["fingerprint"],
+                condition=models.Q(state="firing"),
+                name="audit_alert_one_firing_uniq",
+            )
+        ]
+        indexes = [models.Index(fields=["state", "rule"], name="audit_alert_state_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.rule} {self.status_code or ''} {self.workflow_id} ({self.state})"
+
+
+class AlertSilence(models.Model):
+    """Mutes one rule's notifications until a time; incidents are still recorded."""
+
+    rule = models.CharField("rule", max_length=64, help_text="Name of the alert rule to mute.")
+    until = models.DateTimeField("until", help_text="Notifications resume after this time.")
+    reason = models.CharField("reason", max_length=255, blank=True, help_text="Why, for others.")
+    created_by = models.CharField(
+        "created by", max_length=150, blank=True, help_text="The operator who set it."
+    )
+    created_at = models.DateTimeField(
+        "created at", default=timezone.now, help_text="When the silence was set."
+    )
+
+    class Meta:
+        verbose_name = "alert silence"
+        verbose_name_plural = "alert silences"
+        ordering = ["-until"]
+        indexes = [models.Index(fields=["rule", "until"], name="audit_silence_rule_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.rule} until {self.until:%Y-%m-%d %H:%M}"
+
+
+class AlertNotification(models.Model):
+    """One message about one alert event on one channel; delivered by a Celery task.
+
+    The unique constraint makes creating it idempotent; the claim (status + claimed_until)
+    makes one worker at a time deliver it, and `sent` is set only after a successful delivery.
+    """
+
+    class Event(models.TextChoices):
+        FIRING = "firing", "Firing"
+        RESOLVED = "resolved", "Resolved"
+
+    class Channel(models.TextChoices):
+        WEBHOOK = "webhook", "Webhook"
+        EMAIL = "email", "Email"
+        LOG = "log", "Log"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed (gave up)"
+
+    alert = models.ForeignKey(
+        Alert,
+        verbose_name="alert",
+        on_delete=models.CASCADE,
+        related_name="notifications",
+        help_text="The incident this is about.",
+    )
+    event = models.CharField(
+        "event",
+        max_length=16,
+        choices=Event.choices,
+        help_text="Firing (first or repeat) or resolved.",
+    )
+    sequence = models.PositiveIntegerField(
+        "sequence", help_text="0 for the first firing message, then 1, 2… for repeats."
+    )
+    channel = models.CharField(
+        "channel", max_length=16, choices=Channel.choices, help_text="Where it is delivered."
+    )
+    status = models.CharField(
+        "status",
+        max_length=16,
+        choices=Status.choices,
+        default=Status.PENDING,
+        help_text="Pending until delivered; failed after the last retry.",
+    )
+    payload = models.JSONField("payload", help_text="What is sent; never secrets or usernames.")
+    attempts = models.PositiveSmallIntegerField(
+        "delivery attempts", default=0, help_text="Deliveries tried so far."
+    )
+    claimed_until = models.DateTimeField(
+        "claimed until",
+        null=True,
+        blank=True,
+        help_text="A worker is delivering it until then; after that another may retry.",
+    )
+    sent_at = models.DateTimeField(
+        "sent at", null=True, blank=True, help_text="When delivery succeeded."
+    )
+    last_error = models.TextField("last error", blank=True, help_text="Why the last try failed.")
+    created_at = models.DateTimeField(
+        "created at", default=timezone.now, help_text="When it was queued."
+    )
+
+    class Meta:
+        verbose_name = "alert notification"
+        verbose_name_plural = "alert notifications"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["alert", "event", "sequence", "channel"],
+                name="audit_notification_once_uniq",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "created_at"], name="audit_notif_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.sequence} via {self.channel}: {self.status}"
+
+
+class ErrorReport(models.Model):
+    """A scheduled (or on-demand) summary of one period of session attempts."""
+
+    period_start = models.DateTimeField("period start", help_text="Inclusive (UTC).")
+    period_end = models.DateTimeField("period end", help_text="Exclusive (UTC).")
+    data = models.JSONField("data", help_text="The report's figures, as the JSON format shows.")
+    text = models.TextField("text", help_text="The report as emailed.")
+    emailed_at = models.DateTimeField(
+        "emailed at", null=True, blank=True, help_text="When it was emailed to ALERT_EMAIL_TO."
+    )
+    created_at = models.DateTimeField(
+        "created at", default=timezone.now, help_text="When the report was built."
+    )
+
+    class Meta:
+        verbose_name = "error report"
+        verbose_name_plural = "error reports"
+        ordering = ["-period_start"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["period_start", "period_end"], name="audit_report_period_uniq"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.period_start:%Y-%m-%d %H:%M} – {self.period_end:%Y-%m-%d %H:%M}"

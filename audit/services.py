@@ -3,7 +3,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import transaction
 
-from audit.models import SessionAttempt
+from audit.models import AttemptBacklog, SessionAttempt
 from sessions_api.redaction import clean_text
 
 ERROR_MESSAGE_LIMIT = 2048
@@ -63,4 +63,11 @@ def session_attempt_record(
         attempt.created_at = started_at
     with transaction.atomic(durable=True):
         attempt.save(force_insert=True)
+        AttemptBacklog.objects.create(
+            attempt=attempt, minute=attempt.created_at.replace(second=0, microsecond=0)
+        )
+    if outcome != SessionAttempt.Outcome.SUCCESS:
+        from audit.alerting import alerts_evaluation_request
+
+        alerts_evaluation_request()
     return attempt

@@ -8,6 +8,7 @@ zero-setup ones `make run` relies on: SQLite, an embedded filesystem Celery brok
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -172,10 +173,38 @@ CHATKIT_AUDIT_CLIENT_IP = env.bool("CHATKIT_AUDIT_CLIENT_IP", default=False)
 # Cancel a user's live ChatKit sessions upstream when they log out.
 CHATKIT_CANCEL_ON_LOGOUT = env.bool("CHATKIT_CANCEL_ON_LOGOUT", default=True)
 
+# --- Error intelligence: statistics, alerts, reports, retention ----------------------------------
+
+# Alert rules are defined in audit/alerting/rules.py; this JSON overrides them by name, e.g.
+# {"upstream_auth": {"threshold": 5}, "upstream_rejected": {"enabled": false}}.
+ALERT_RULES = env.json("ALERT_RULES", default={})
+ALERT_REPEAT_INTERVAL_SECONDS = env.int("ALERT_REPEAT_INTERVAL_SECONDS", default=3600)
+ALERT_QUIET_PERIOD_SECONDS = env.int("ALERT_QUIET_PERIOD_SECONDS", default=600)
+ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
+ALERT_WEBHOOK_TIMEOUT = env.float("ALERT_WEBHOOK_TIMEOUT", default=5.0)
+ALERT_EMAIL_TO = env.list("ALERT_EMAIL_TO", default=[])
+# Base of the admin links put in notifications and reports.
+ALERT_ADMIN_BASE_URL = env.str("ALERT_ADMIN_BASE_URL", default="http://127.0.0.1:8000")
+# hourly, daily or weekly: how often the error report is built, and the period it covers.
+ERROR_REPORT_PERIOD = env.str("ERROR_REPORT_PERIOD", default="daily")
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=90)
+
+EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
+vars().update(EMAIL_CONFIG)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="chatkit-broker@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
 # --- Redis, Celery --------------------------------------------------------------------------------
 
 REDIS_URL = env.str("REDIS_URL", default="")
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL or "filesystem://"
+# Short socket timeouts so a dead or silent Redis fails an enqueue fast instead of hanging the
+# web request that triggered it.
+REDIS_BROKER_TRANSPORT_OPTIONS = {
+    "socket_connect_timeout": 1,
+    "socket_timeout": 2,
+    "visibility_timeout": 3600,
+}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The zero-setup broker: a spool folder shared by web, worker and beat on one machine.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -184,13 +213,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(VAR_DIR / "celery" / "control"),
     }
 else:
-    # Short socket timeouts so a dead or silent Redis fails an enqueue fast instead of hanging
-    # the web request that triggered it.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "socket_connect_timeout": 1,
-        "socket_timeout": 2,
-        "visibility_timeout": 3600,
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = REDIS_BROKER_TRANSPORT_OPTIONS
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
@@ -213,7 +236,38 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE: dict = {}
+_REPORT_CRONTABS = {
+    "hourly": {"minute": 5},
+    "daily": {"minute": 15, "hour": 0},
+    "weekly": {"minute": 15, "hour": 0, "day_of_week": "mon"},
+}
+if ERROR_REPORT_PERIOD not in _REPORT_CRONTABS:
+    raise ImproperlyConfigured("ERROR_REPORT_PERIOD must be hourly, daily or weekly.")
+CELERY_BEAT_SCHEDULE = {
+    # Every minute: fold new audit rows into statistics, evaluate alert rules (so an alert fires
+    # even when the enqueue after a failure was lost), resolve quiet alerts, redeliver.
+    "alerts-sweep": {"task": "audit.tasks.alerts_sweep", "schedule": 60.0},
+    # Just after each period ends (00:15 UTC for daily): build, store and email the error report.
+    "error-report": {
+        "task": "audit.tasks.error_report_send",
+        "schedule": crontab(**_REPORT_CRONTABS[ERROR_REPORT_PERIOD]),
+    },
+    # Daily at 03:30 UTC: delete audit rows older than AUDIT_RETENTION_DAYS, in batches.
+    "audit-prune": {"task": "audit.tasks.audit_prune", "schedule": crontab(minute=30, hour=3)},
+}
+
+# --- Cache --------------------------------------------------------------------------------------
+
+# A shared cache coalesces alert evaluations across processes; without Redis each process
+# coalesces on its own, which is still correct, only a little less frugal.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
 
 # --- Logging --------------------------------------------------------------------------------------
 

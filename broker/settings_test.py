@@ -6,6 +6,8 @@ PostgreSQL and Redis that runs locally on SQLite.
 
 import os
 
+import fakeredis
+
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
 
 from broker.settings import *  # noqa: E402,F403
@@ -26,3 +28,12 @@ STORAGES = {
 if not REDIS_URL:
     CELERY_BROKER_URL = "memory://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    # The cache is Redis in production; locally fakeredis stands in for it, through the same
+    # Django Redis backend, so SET NX and expiry behave as they do against a real server.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://fakeredis:6379/0",
+            "OPTIONS": {"connection_class": fakeredis.FakeConnection},
+        }
+    }

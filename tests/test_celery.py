@@ -59,7 +59,7 @@ def test_enqueue_with_a_dead_broker_logs_and_returns(
     server, port = _silent_server() if kind == "silent" else (None, 9)
     dead = Celery("dead", broker=f"redis://127.0.0.1:{port}/0", set_as_current=False)
     dead.conf.update(
-        broker_transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+        broker_transport_options=settings.REDIS_BROKER_TRANSPORT_OPTIONS,
         broker_connection_timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT,
         task_publish_retry_policy=settings.CELERY_TASK_PUBLISH_RETRY_POLICY,
     )

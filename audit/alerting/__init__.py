@@ -1,0 +1,32 @@
+"""Alerting on the audit log: rules, the incident state machine, notifications.
+
+The entry points Celery and the audit service call are here; the rest lives in rules.py,
+engine.py and notify.py.
+"""
+
+import logging
+
+from django.core.cache import cache
+
+from celery_app import enqueue_on_commit
+
+logger = logging.getLogger(__name__)
+
+# Set while an evaluation is queued but has not started: later failures ride along with it.
+EVALUATION_PENDING_KEY = "audit:alerts:evaluation-pending"
+# If that evaluation is lost (worker crash, Redis blip), the key expires and the next failure
+# asks again; the minute sweep covers the gap.
+EVALUATION_PENDING_TTL = 30
+
+
+def alerts_evaluation_request() -> None:
+    """Ask for an alert evaluation right after commit, coalescing bursts of failures."""
+    from audit.tasks import alerts_evaluate
+
+    try:
+        first = cache.add(EVALUATION_PENDING_KEY, 1, timeout=EVALUATION_PENDING_TTL)
+    except Exception:  # noqa: BLE001 - a cache outage must not fail the request
+        logger.warning("Cache unavailable; requesting an alert evaluation without coalescing.")
+        first = True
+    if first:
+        enqueue_on_commit(alerts_evaluate)
