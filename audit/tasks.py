@@ -3,7 +3,6 @@
 from celery import shared_task
 
 
-
 @shared_task(soft_time_limit=120, time_limit=180)
 def attempt_stats_aggregate() -> int:
     from audit.stats import attempt_stats_aggregate as aggregate

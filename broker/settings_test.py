@@ -34,6 +34,6 @@ if not REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": "redis://fakeredis:6379/0",
-            "OPTIONS": {"connection_class": fakeredis.FakeConnection},
+            "OPTIONS": {"connection_class": fakeredis.FakeRedisConnection},
         }
     }

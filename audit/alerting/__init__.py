@@ -30,3 +30,25 @@ def alerts_evaluation_request() -> None:
         first = True
     if first:
         enqueue_on_commit(alerts_evaluate)
+
+
+def alerts_evaluate_now() -> None:
+    """The coalesced evaluation: failures audited from here on will ask for a new one."""
+    from audit.alerting.engine import alerts_evaluate
+
+    try:
+        cache.delete(EVALUATION_PENDING_KEY)
+    except Exception:  # noqa: BLE001 - the key expires on its own
+        logger.warning("Cache unavailable; could not clear the evaluation-pending flag.")
+    alerts_evaluate()
+
+
+def alerts_sweep() -> None:
+    """The minute sweep: statistics, rules, and deliveries whose task was lost."""
+    from audit.alerting.engine import alerts_evaluate
+    from audit.alerting.notify import notifications_redeliver
+    from audit.stats import attempt_stats_aggregate
+
+    attempt_stats_aggregate()
+    alerts_evaluate()
+    notifications_redeliver()

@@ -1,0 +1,172 @@
+"""The incident state machine: turn rule matches in the audit log into alerts and notifications.
+
+For each rule and key (workflow, plus status code for most rules) at evaluation time `now`:
+
+- the condition holds and no incident is open → open one (firing) and notify;
+- it holds and an incident is open → update it; notify again only when the repeat interval has
+  passed, nobody acknowledged it and the rule is not silenced;
+- it stopped holding → remember since when; resolve, with one resolved notification, only once
+  it has stayed false for the quiet period. Matching again before that simply continues the same
+  incident, so a flapping condition neither resolves nor fires twice.
+
+Rules are evaluated on the raw audit rows of the window (the status/time and time indexes make
+that a small range scan), so a window is exact to the second rather than to the minute.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Max, Min
+from django.utils import timezone
+
+from audit.alerting.notify import notifications_create
+from audit.alerting.rules import AlertRule, alert_rules
+from audit.models import Alert, AlertNotification, AlertSilence, SessionAttempt
+
+SAMPLE_SIZE = 5
+
+
+@dataclass(frozen=True)
+class Match:
+    workflow_id: str
+    status_code: int | None
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+def fingerprint(rule: AlertRule, workflow_id: str, status_code: int | None) -> str:
+    raw = f"{rule.name}|{workflow_id}|{status_code if rule.per_status else '*'}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def alerts_evaluate(*, now: datetime | None = None) -> list[AlertNotification]:
+    """Evaluate every enabled rule once; returns the notifications it queued."""
+    now = now or timezone.now()
+    silenced = set(AlertSilence.objects.filter(until__gt=now).values_list("rule", flat=True))
+    queued = []
+    for rule in alert_rules():
+        if rule.enabled:
+            queued += _rule_evaluate(rule, now=now, silenced=rule.name in silenced)
+    return queued
+
+
+def _rule_evaluate(rule: AlertRule, *, now: datetime, silenced: bool) -> list[AlertNotification]:
+    with transaction.atomic():
+        _lock(rule)
+        matches = {(m.workflow_id, m.status_code): m for m in _matches(rule, now=now)}
+        open_alerts = {
+            (alert.workflow_id, alert.status_code): alert
+            for alert in Alert.objects.filter(rule=rule.name, state=Alert.State.FIRING)
+        }
+        queued = []
+        for key, match in matches.items():
+            alert = open_alerts.get(key) or _alert_open(rule, match)
+            queued += _alert_update(rule, alert, match, now=now, silenced=silenced)
+        for key, alert in open_alerts.items():
+            if key not in matches:
+                queued += _alert_quiet(alert, now=now)
+        return queued
+
+
+def _lock(rule: AlertRule) -> None:
+    """Serialize evaluations of one rule: two workers must not both open or notify an incident.
+
+    SQLite needs nothing: its transactions already take the write lock when they begin.
+    """
+    if connection.vendor == "postgresql":
+        key = int(hashlib.sha256(f"alert-rule:{rule.name}".encode()).hexdigest()[:15], 16)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+
+
+def _matches(rule: AlertRule, *, now: datetime) -> list[Match]:
+    window = SessionAttempt.objects.filter(
+        created_at__gt=now - timedelta(seconds=rule.window_seconds), created_at__lte=now
+    )
+    keys = ["workflow_id", "status_code"] if rule.per_status else ["workflow_id"]
+    rows = (
+        window.filter(rule.matches())
+        .values(*keys)
+        .annotate(n=Count("id"), first=Min("created_at"), last=Max("created_at"))
+        .order_by()
+    )
+    totals = {}
+    if rule.min_ratio:
+        totals = dict(
+            window.values("workflow_id").annotate(n=Count("id")).values_list("workflow_id", "n")
+        )
+    return [
+        Match(row["workflow_id"], row.get("status_code"), row["n"], row["first"], row["last"])
+        for row in rows
+        if row["n"] >= rule.threshold
+        and (not rule.min_ratio or row["n"] >= rule.min_ratio * totals[row["workflow_id"]])
+    ]
+
+
+def _alert_open(rule: AlertRule, match: Match) -> Alert:
+    return Alert(
+        rule=rule.name,
+        fingerprint=fingerprint(rule, match.workflow_id, match.status_code),
+        severity=rule.severity,
+        status_code=match.status_code,
+        workflow_id=match.workflow_id,
+        first_seen=match.first_seen,
+        last_seen=match.last_seen,
+        count=match.count,
+        threshold=rule.threshold,
+        window_seconds=rule.window_seconds,
+        min_ratio=rule.min_ratio,
+    )
+
+
+def _alert_update(
+    rule: AlertRule, alert: Alert, match: Match, *, now: datetime, silenced: bool
+) -> list[AlertNotification]:
+    matching = SessionAttempt.objects.filter(
+        rule.matches(), workflow_id=alert.workflow_id, created_at__gte=alert.first_seen
+    )
+    if rule.per_status:
+        matching = matching.filter(status_code=alert.status_code)
+    latest = list(matching.order_by("-created_at", "-id")[:SAMPLE_SIZE])
+    alert.last_seen = match.last_seen
+    alert.count = matching.count()
+    alert.sample_attempt_ids = [attempt.id for attempt in latest]
+    alert.sample_message = latest[0].error_message if latest else ""
+    alert.error_code = latest[0].error_code if latest else ""
+    alert.condition_false_since = None
+    notify = not silenced and alert.acknowledged_at is None and _repeat_due(alert, now=now)
+    if notify:
+        alert.last_notified_at = now
+        alert.notifications_sent += 1
+    alert.save()
+    if not notify:
+        return []
+    return notifications_create(
+        alert, event=AlertNotification.Event.FIRING, sequence=alert.notifications_sent - 1
+    )
+
+
+def _repeat_due(alert: Alert, *, now: datetime) -> bool:
+    if alert.last_notified_at is None:
+        return True
+    interval = timedelta(seconds=settings.ALERT_REPEAT_INTERVAL_SECONDS)
+    return now - alert.last_notified_at >= interval
+
+
+def _alert_quiet(alert: Alert, *, now: datetime) -> list[AlertNotification]:
+    if alert.condition_false_since is None:
+        alert.condition_false_since = now
+        alert.save(update_fields=["condition_false_since"])
+        return []
+    if now - alert.condition_false_since < timedelta(seconds=settings.ALERT_QUIET_PERIOD_SECONDS):
+        return []
+    alert.state = Alert.State.RESOLVED
+    alert.resolved_at = now
+    alert.save(update_fields=["state", "resolved_at"])
+    if alert.notifications_sent == 0:
+        return []  # nobody was told it fired (silenced or acknowledged at once)
+    return notifications_create(alert, event=AlertNotification.Event.RESOLVED, sequence=0)

@@ -1,0 +1,194 @@
+"""Alert notifications: what they say, and delivering each exactly once per channel.
+
+A notification row is created once (unique per alert, event, sequence and channel) in the same
+transaction as the alert change, then delivered by a Celery task. Delivery first *claims* the
+row with a conditional UPDATE, so of two tasks running at once only one sends; the row becomes
+`sent` only after the channel accepted it. If a worker dies between sending and recording, the
+claim expires and the message is sent again: receivers can drop repeats by the payload's `id`.
+"""
+
+import json
+import logging
+import random
+import urllib.request
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db.models import F, Q
+from django.urls import reverse
+from django.utils import timezone
+
+from audit.models import Alert, AlertNotification
+from celery_app import enqueue_on_commit
+
+logger = logging.getLogger(__name__)
+
+# Longer than any single delivery can take (webhook timeout, SMTP), so a claim held by a live
+# worker never expires under it.
+CLAIM_SECONDS = 120
+MAX_ATTEMPTS = 8
+
+
+class NotificationDeliveryError(Exception):
+    def retry_in(self, retries: int) -> int:
+        """Seconds before the next try: 5, 10, 20 … capped at 10 minutes, jittered."""
+        return int(min(5 * 2**retries, 600) * random.uniform(0.8, 1.2))
+
+
+def channels() -> list[str]:
+    enabled = [AlertNotification.Channel.LOG]
+    if settings.ALERT_WEBHOOK_URL:
+        enabled.append(AlertNotification.Channel.WEBHOOK)
+    if settings.ALERT_EMAIL_TO:
+        enabled.append(AlertNotification.Channel.EMAIL)
+    return enabled
+
+
+def notifications_create(alert: Alert, *, event: str, sequence: int) -> list[AlertNotification]:
+    """Queue one notification per channel; a second call for the same event changes nothing."""
+    from audit.tasks import alert_notification_deliver
+
+    payload = notification_payload(alert, event=event, sequence=sequence)
+    created = []
+    for channel in channels():
+        notification, new = AlertNotification.objects.get_or_create(
+            alert=alert,
+            event=event,
+            sequence=sequence,
+            channel=channel,
+            defaults={"payload": payload},
+        )
+        if new:
+            created.append(notification)
+            enqueue_on_commit(alert_notification_deliver, notification_id=notification.pk)
+    return created
+
+
+def notification_payload(alert: Alert, *, event: str, sequence: int) -> dict:
+    base = settings.ALERT_ADMIN_BASE_URL.rstrip("/")
+    audit_filter = {"created_at__gte": alert.first_seen.isoformat()}
+    if alert.workflow_id:
+        audit_filter["workflow_id"] = alert.workflow_id
+    if alert.status_code is not None:
+        audit_filter["status_code__exact"] = alert.status_code
+    audit_url = (
+        base + reverse("admin:audit_sessionattempt_changelist") + "?" + urlencode(audit_filter)
+    )
+    alert_url = base + reverse("admin:audit_alert_change", args=[alert.pk])
+    payload = {
+        "id": f"{alert.fingerprint}:{event}:{sequence}",
+        "status": event,
+        "rule": alert.rule,
+        "severity": alert.severity,
+        "status_code": alert.status_code,
+        "error_code": alert.error_code,
+        "workflow_id": alert.workflow_id,
+        "sample_message": alert.sample_message,
+        "count": alert.count,
+        "threshold": alert.threshold,
+        "window_seconds": alert.window_seconds,
+        "min_ratio": alert.min_ratio,
+        "first_seen": alert.first_seen.isoformat(),
+        "last_seen": alert.last_seen.isoformat(),
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+        "fingerprint": alert.fingerprint,
+        "sample_attempt_ids": alert.sample_attempt_ids,
+        "repeat": sequence if event == AlertNotification.Event.FIRING else None,
+        "audit_url": audit_url,
+        "alert_url": alert_url,
+    }
+    payload["text"] = notification_text(payload)
+    return payload
+
+
+def notification_text(payload: dict) -> str:
+    """One readable line for chat webhooks (Slack-style `text`) and the log."""
+    what = f"upstream {payload['status_code']}" if payload["status_code"] else payload["rule"]
+    where = f" on {payload['workflow_id']}" if payload["workflow_id"] else ""
+    minutes = payload["window_seconds"] // 60
+    if payload["status"] == AlertNotification.Event.RESOLVED:
+        return f"[RESOLVED] {payload['rule']}: {what}{where} is quiet again. {payload['alert_url']}"
+    sample = f' Sample: "{payload["sample_message"][:200]}"' if payload["sample_message"] else ""
+    return (
+        f"[{payload['severity'].upper()}] {payload['rule']}: {what}{where}, "
+        f"{payload['count']} since {payload['first_seen']} (threshold {payload['threshold']} "
+        f"in {minutes} min).{sample} Audit log: {payload['audit_url']}"
+    )
+
+
+def notification_deliver(*, notification_id: int) -> bool:
+    """Send one notification if it is still pending and nobody else holds it; True if sent."""
+    now = timezone.now()
+    claimed = (
+        AlertNotification.objects.filter(
+            pk=notification_id, status=AlertNotification.Status.PENDING
+        )
+        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+        .update(claimed_until=now + timedelta(seconds=CLAIM_SECONDS), attempts=F("attempts") + 1)
+    )
+    if not claimed:
+        return False
+    notification = AlertNotification.objects.get(pk=notification_id)
+    try:
+        _send(notification)
+    except Exception as exc:  # noqa: BLE001 - every channel failure is retried the same way
+        error = NotificationDeliveryError(f"{type(exc).__name__}: {exc}")
+        gave_up = notification.attempts >= MAX_ATTEMPTS
+        notification.status = (
+            AlertNotification.Status.FAILED if gave_up else AlertNotification.Status.PENDING
+        )
+        # The claim becomes "not before": the sweep leaves it alone until the retry is due.
+        notification.claimed_until = timezone.now() + timedelta(
+            seconds=error.retry_in(notification.attempts - 1)
+        )
+        notification.last_error = str(error)[:2000]
+        notification.save(update_fields=["status", "claimed_until", "last_error"])
+        logger.warning("Alert notification %s failed: %s", notification_id, error)
+        if gave_up:
+            return False
+        raise error from exc
+    notification.status = AlertNotification.Status.SENT
+    notification.sent_at = timezone.now()
+    notification.claimed_until = None
+    notification.save(update_fields=["status", "sent_at", "claimed_until"])
+    return True
+
+
+def _send(notification: AlertNotification) -> None:
+    payload = notification.payload
+    if notification.channel == AlertNotification.Channel.WEBHOOK:
+        # The URL comes from settings, and a system check allows only http(s).
+        request = urllib.request.Request(  # noqa: S310
+            settings.ALERT_WEBHOOK_URL,
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json", "User-Agent": "chatkit-session-broker"},
+            method="POST",
+        )
+        # urlopen raises HTTPError for 4xx/5xx answers, which the caller retries.
+        with urllib.request.urlopen(request, timeout=settings.ALERT_WEBHOOK_TIMEOUT):  # noqa: S310
+            pass
+    elif notification.channel == AlertNotification.Channel.EMAIL:
+        subject = payload["text"].split(". ")[0][:150]
+        send_mail(subject, payload["text"], None, settings.ALERT_EMAIL_TO, fail_silently=False)
+    else:
+        log = logger.info if payload["status"] == "resolved" else logger.warning
+        log("ALERT %s", payload["text"])
+
+
+def notifications_redeliver(*, limit: int = 200) -> int:
+    """Queue delivery of pending notifications whose task was lost; returns how many."""
+    from audit.tasks import alert_notification_deliver
+
+    now = timezone.now()
+    pending = (
+        AlertNotification.objects.filter(status=AlertNotification.Status.PENDING)
+        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+        .filter(created_at__lt=now - timedelta(seconds=30))
+        .values_list("pk", flat=True)[:limit]
+    )
+    ids = list(pending)
+    for notification_id in ids:
+        enqueue_on_commit(alert_notification_deliver, notification_id=notification_id)
+    return len(ids)

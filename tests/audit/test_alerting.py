@@ -1,0 +1,289 @@
+"""The incident state machine, with time controlled by passing `now` explicitly."""
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db import connection
+
+from audit.alerting.engine import alerts_evaluate
+from audit.models import Alert, AlertNotification, AlertSilence
+from audit.services import session_attempt_record
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+WF = "wf_alerting"
+
+
+@pytest.fixture(autouse=True)
+def alert_settings(settings):
+    settings.ALERT_WEBHOOK_URL = "http://127.0.0.1:9/hook"  # deliveries are not under test here
+    settings.ALERT_EMAIL_TO = []
+    settings.ALERT_RULES = {}
+    settings.ALERT_REPEAT_INTERVAL_SECONDS = 3600
+    settings.ALERT_QUIET_PERIOD_SECONDS = 600
+    return settings
+
+
+def attempts(n, *, at=T0, status=401, outcome="upstream_error", workflow=WF, user=None, **extra):
+    for i in range(n):
+        session_attempt_record(
+            outcome=outcome,
+            status_code=status,
+            workflow_id=workflow,
+            user_ref=f"anon_{i}",
+            anonymous=True,
+            started_at=at + timedelta(seconds=i),
+            error_message="Incorrect API key provided: sk-[REDACTED]",
+            error_code="invalid_api_key" if status == 401 else "",
+            user=user,
+            **extra,
+        )
+
+
+def firing_events() -> list[tuple[str, int]]:
+    rows = AlertNotification.objects.filter(channel="webhook").order_by("id")
+    return [(n.event, n.sequence) for n in rows]
+
+
+def test_threshold_minus_one_fires_nothing():
+    attempts(2)
+    assert alerts_evaluate(now=T0 + timedelta(minutes=1)) == []
+    assert not Alert.objects.exists()
+
+
+def test_threshold_fires_one_critical_incident_with_one_notification_per_channel():
+    attempts(3)
+    queued = alerts_evaluate(now=T0 + timedelta(minutes=1))
+
+    alert = Alert.objects.get()
+    assert (alert.rule, alert.severity, alert.state) == ("upstream_auth", "critical", "firing")
+    assert (alert.status_code, alert.workflow_id, alert.count) == (401, WF, 3)
+    assert alert.first_seen == T0 and alert.last_seen == T0 + timedelta(seconds=2)
+    assert alert.error_code == "invalid_api_key"
+    assert len(alert.sample_attempt_ids) == 3
+    assert sorted(n.channel for n in queued) == ["log", "webhook"]
+    assert firing_events() == [("firing", 0)]
+
+
+def test_evaluating_again_changes_nothing_until_the_repeat_interval():
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    attempts(3, at=T0 + timedelta(minutes=2))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=3)) == []
+    assert Alert.objects.get().count == 6
+
+    # Still failing an hour after the first notification: one repeat.
+    attempts(3, at=T0 + timedelta(minutes=59))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=61))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=62)) == []
+    assert firing_events() == [("firing", 0), ("firing", 1)]
+    assert Alert.objects.count() == 1
+
+
+def test_acknowledgement_stops_repeats():
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    Alert.objects.update(acknowledged_at=T0 + timedelta(minutes=2), acknowledged_by="ops")
+    attempts(3, at=T0 + timedelta(minutes=90))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=91)) == []
+    assert firing_events() == [("firing", 0)]
+
+
+def test_silenced_rule_records_but_does_not_notify_until_the_silence_ends():
+    AlertSilence.objects.create(rule="upstream_auth", until=T0 + timedelta(minutes=30))
+    attempts(3)
+    assert alerts_evaluate(now=T0 + timedelta(minutes=1)) == []
+    assert Alert.objects.get().state == "firing"
+
+    attempts(3, at=T0 + timedelta(minutes=31))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=32))
+    assert firing_events() == [("firing", 0)]
+
+
+def test_resolves_only_after_the_quiet_period_with_one_resolved_notification():
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+
+    # The window (5 min) has passed: the condition is false, the quiet period starts.
+    assert alerts_evaluate(now=T0 + timedelta(minutes=6)) == []
+    assert Alert.objects.get().state == "firing"
+    assert alerts_evaluate(now=T0 + timedelta(minutes=15)) == []
+    assert Alert.objects.get().state == "firing"
+
+    queued = alerts_evaluate(now=T0 + timedelta(minutes=16))
+    assert {n.event for n in queued} == {"resolved"}
+    alert = Alert.objects.get()
+    assert (alert.state, alert.resolved_at) == ("resolved", T0 + timedelta(minutes=16))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=30)) == []
+    assert firing_events() == [("firing", 0), ("resolved", 0)]
+
+
+def test_flapping_within_the_quiet_period_neither_resolves_nor_fires_again():
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    alerts_evaluate(now=T0 + timedelta(minutes=6))  # false: quiet period starts
+    attempts(3, at=T0 + timedelta(minutes=10))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=11)) == []  # true again: same incident
+    alert = Alert.objects.get()
+    assert (alert.state, alert.condition_false_since) == ("firing", None)
+
+    # False again; the quiet period starts over from this point.
+    alerts_evaluate(now=T0 + timedelta(minutes=16))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=25)) == []
+    assert Alert.objects.get().state == "firing"
+    assert alerts_evaluate(now=T0 + timedelta(minutes=26))
+    assert firing_events() == [("firing", 0), ("resolved", 0)]
+
+
+def test_a_new_incident_after_resolution_notifies_again():
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    alerts_evaluate(now=T0 + timedelta(minutes=6))
+    alerts_evaluate(now=T0 + timedelta(minutes=16))
+    attempts(3, at=T0 + timedelta(minutes=20))
+    alerts_evaluate(now=T0 + timedelta(minutes=21))
+    assert list(Alert.objects.order_by("id").values_list("state", flat=True)) == [
+        "resolved",
+        "firing",
+    ]
+    assert len(set(Alert.objects.values_list("fingerprint", flat=True))) == 1
+    assert firing_events() == [("firing", 0), ("resolved", 0), ("firing", 0)]
+
+
+def test_one_incident_per_workflow_and_status():
+    attempts(3, status=401)
+    attempts(3, status=403)
+    attempts(3, status=401, workflow="wf_other")
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    keys = set(Alert.objects.values_list("status_code", "workflow_id"))
+    assert keys == {(401, WF), (403, WF), (401, "wf_other")}
+
+
+def test_404_rule():
+    attempts(3, status=404)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    assert Alert.objects.get().rule == "upstream_workflow_not_found"
+
+
+def test_400_rule_needs_both_count_and_ratio():
+    attempts(10, status=400)
+    attempts(41, status=200, outcome="success")  # 10 of 51 attempts: under 20%
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    assert not Alert.objects.exists()
+
+    attempts(1, status=422, at=T0 + timedelta(seconds=30))  # 11 of 52 ≥ 20%
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    assert not Alert.objects.exists()  # 400 and 422 are separate keys: 10 and 1
+
+    attempts(1, status=400, at=T0 + timedelta(seconds=40))  # 11 × 400 of 53 attempts
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    alert = Alert.objects.get()
+    assert (alert.rule, alert.severity, alert.status_code) == ("upstream_rejected", "warning", 400)
+
+
+def test_unavailable_rule_counts_5xx_timeouts_and_network_errors_together():
+    attempts(8, status=502)
+    attempts(6, status=None, outcome="timeout", at=T0 + timedelta(seconds=10))
+    attempts(5, status=None, outcome="network_error", at=T0 + timedelta(seconds=20))
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    assert not Alert.objects.exists()  # 19
+    attempts(1, status=503, at=T0 + timedelta(seconds=30))
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    alert = Alert.objects.get()
+    assert (alert.rule, alert.status_code, alert.count) == ("upstream_unavailable", None, 20)
+
+
+def test_rules_can_be_overridden_from_settings(settings):
+    settings.ALERT_RULES = {"upstream_auth": {"threshold": 5, "severity": "warning"}}
+    attempts(4)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    assert not Alert.objects.exists()
+    attempts(1, at=T0 + timedelta(seconds=30))
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    assert Alert.objects.get().severity == "warning"
+
+    settings.ALERT_RULES = {"upstream_auth": {"enabled": False}}
+    attempts(3, status=401, workflow="wf_other")
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    assert Alert.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "rules", [{"no_such_rule": {}}, {"upstream_auth": {"status_codes": [500]}}]
+)
+def test_invalid_rule_overrides_fail_the_system_check(settings, rules):
+    settings.ALERT_RULES = rules
+    with pytest.raises(SystemCheckError, match="audit.E001"):
+        call_command("check")
+
+
+def test_payload_is_complete_and_free_of_secrets_and_usernames(django_user_model):
+    user = django_user_model.objects.create_user(username="grace.hopper")
+    for i in range(3):
+        session_attempt_record(
+            outcome="upstream_error",
+            status_code=401,
+            workflow_id=WF,
+            user=user,
+            user_ref="u_pseudonymous",
+            anonymous=False,
+            started_at=T0 + timedelta(seconds=i),
+            error_message="Incorrect API key provided: sk-live-abcdefghijklmnop1234",
+        )
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    payload = AlertNotification.objects.get(channel="webhook").payload
+
+    expected = {
+        "id", "status", "rule", "severity", "status_code", "error_code", "workflow_id",
+        "sample_message", "count", "threshold", "window_seconds", "first_seen", "last_seen",
+        "fingerprint", "sample_attempt_ids", "audit_url", "text",
+    }  # fmt: skip
+    assert expected <= set(payload)
+    assert payload["status"] == "firing" and payload["count"] == 3 and payload["threshold"] == 3
+    dumped = json.dumps(payload)
+    assert "grace.hopper" not in dumped
+    assert "sk-live-abcdefghijklmnop1234" not in dumped
+    assert "[CRITICAL] upstream_auth: upstream 401 on wf_alerting" in payload["text"]
+
+
+def test_audit_link_opens_the_prefiltered_audit_list(admin_client):
+    attempts(3)
+    attempts(2, workflow="wf_elsewhere")
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    url = AlertNotification.objects.get(channel="webhook").payload["audit_url"]
+    path = url.removeprefix("http://127.0.0.1:8000")
+    response = admin_client.get(path)
+    assert response.status_code == 200
+    assert response.content.decode().count("anon_") == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_evaluations_at_once_make_one_incident_and_one_notification():
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent transactions need PostgreSQL (SQLite serializes them anyway)")
+    attempts(3)
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def evaluate():
+        try:
+            barrier.wait()
+            alerts_evaluate(now=T0 + timedelta(minutes=1))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=evaluate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert Alert.objects.count() == 1
+    assert firing_events() == [("firing", 0)]
