@@ -28,18 +28,22 @@ def _create_filesystem_spool(sender: Celery, **kwargs) -> None:
                 Path(folder).mkdir(parents=True, exist_ok=True)
 
 
-def enqueue_on_commit(task, **kwargs) -> None:
-    """Publish `task` with JSON kwargs once the current transaction commits.
+def publish_safely(task, **kwargs) -> bool:
+    """Publish `task` with JSON kwargs now; on a broker outage log it and return False.
 
-    A broker outage is logged and swallowed: it must never fail the web request that caused
-    the enqueue. The database stays the source of truth; periodic sweeps catch up.
+    It must never fail the web request that caused it: the database stays the source of truth
+    and the periodic sweep catches up.
     """
+    try:
+        task.apply_async(kwargs=kwargs)
+    except Exception:  # noqa: BLE001 - any broker failure, by design
+        logger.warning("Could not enqueue %s; the next sweep will catch up.", task.name)
+        return False
+    return True
+
+
+def enqueue_on_commit(task, **kwargs) -> None:
+    """Publish once the current transaction commits, so the worker sees committed rows."""
     from django.db import transaction
 
-    def publish() -> None:
-        try:
-            task.apply_async(kwargs=kwargs)
-        except Exception:  # noqa: BLE001 - any broker failure, by design
-            logger.warning("Could not enqueue %s; the next sweep will catch up.", task.name)
-
-    transaction.on_commit(publish)
+    transaction.on_commit(lambda: publish_safely(task, **kwargs))

@@ -37,3 +37,9 @@ if not REDIS_URL:
             "OPTIONS": {"connection_class": fakeredis.FakeRedisConnection},
         }
     }
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not SQLite's shared in-memory database: tests with a real worker thread write
+    # concurrently, and only a file database honours WAL and the busy timeout for that.
+    VAR_DIR.mkdir(exist_ok=True)
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}

@@ -1,8 +1,13 @@
 import os
+import time
 
 import pytest
+from celery.contrib.testing.worker import start_worker
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from audit.alerting import EVALUATION_PENDING_KEY
+from celery_app import app
 from sessions_api.emulator import serve_in_thread
 from tests.constants import CANARY_KEY, OTHER_WORKFLOW_ID, WORKFLOW_ID
 
@@ -55,3 +60,24 @@ def logged_in_client(user) -> APIClient:
     client = APIClient(enforce_csrf_checks=True)
     client.force_login(user)
     return client
+
+
+@pytest.fixture
+def redis_worker():
+    """A real worker thread consuming from the real Redis named by REDIS_URL."""
+    require_service("Redis", "REDIS_URL")
+    assert app.conf.broker_url.startswith("redis://"), "settings_test uses REDIS_URL as broker"
+    # Tasks and coalescing flags left by earlier tests are not this test's business.
+    app.control.purge()
+    cache.delete(EVALUATION_PENDING_KEY)
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        yield
+
+
+def wait_for(predicate, *, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

@@ -2,35 +2,14 @@
 
 import logging
 import socket
-import time
 
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from celery_app import app, enqueue_on_commit
-from tests.conftest import require_service
-
-
-@pytest.fixture
-def redis_worker():
-    """A real worker thread consuming from the real Redis named by REDIS_URL."""
-    require_service("Redis", "REDIS_URL")
-    assert app.conf.broker_url.startswith("redis://"), "settings_test uses REDIS_URL as broker"
-    app.control.purge()  # tasks left queued by earlier tests are not this test's business
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-        yield
-
-
-def wait_for(predicate, *, seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from celery_app import enqueue_on_commit
+from tests.conftest import wait_for
 
 
 @pytest.mark.django_db(transaction=True)

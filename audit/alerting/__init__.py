@@ -4,11 +4,13 @@ The entry points Celery and the audit service call are here; the rest lives in r
 engine.py and notify.py.
 """
 
+import contextlib
 import logging
 
 from django.core.cache import cache
+from django.db import transaction
 
-from celery_app import enqueue_on_commit
+from celery_app import publish_safely
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +23,10 @@ EVALUATION_PENDING_TTL = 30
 
 def alerts_evaluation_request() -> None:
     """Ask for an alert evaluation right after commit, coalescing bursts of failures."""
+    transaction.on_commit(_evaluation_request_now)
+
+
+def _evaluation_request_now() -> None:
     from audit.tasks import alerts_evaluate
 
     try:
@@ -28,8 +34,10 @@ def alerts_evaluation_request() -> None:
     except Exception:  # noqa: BLE001 - a cache outage must not fail the request
         logger.warning("Cache unavailable; requesting an alert evaluation without coalescing.")
         first = True
-    if first:
-        enqueue_on_commit(alerts_evaluate)
+    if first and not publish_safely(alerts_evaluate):
+        # Nothing is queued, so the flag must not hold back the next failure's request.
+        with contextlib.suppress(Exception):
+            cache.delete(EVALUATION_PENDING_KEY)
 
 
 def alerts_evaluate_now() -> None:

@@ -5,10 +5,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.db import connection
 
+from audit import alerting
 from audit.alerting.engine import alerts_evaluate
 from audit.models import Alert, AlertNotification, AlertSilence
 from audit.services import session_attempt_record
@@ -287,3 +289,33 @@ def test_two_evaluations_at_once_make_one_incident_and_one_notification():
     assert errors == []
     assert Alert.objects.count() == 1
     assert firing_events() == [("firing", 0)]
+
+
+def test_a_burst_of_failures_asks_for_one_evaluation_until_it_starts(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    enqueued = []
+    monkeypatch.setattr(alerting, "publish_safely", lambda task, **kw: enqueued.append(task) or 1)
+    cache.delete(alerting.EVALUATION_PENDING_KEY)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(1000):
+            alerting.alerts_evaluation_request()
+    assert len(enqueued) == 1
+
+    # Once the evaluation starts, the next failure asks for a fresh one.
+    monkeypatch.setattr("audit.alerting.engine.alerts_evaluate", lambda: [])
+    alerting.alerts_evaluate_now()
+    with django_capture_on_commit_callbacks(execute=True):
+        alerting.alerts_evaluation_request()
+    assert len(enqueued) == 2
+
+
+def test_a_lost_enqueue_does_not_block_the_next_request(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(alerting, "publish_safely", lambda task, **kw: False)
+    cache.delete(alerting.EVALUATION_PENDING_KEY)
+    with django_capture_on_commit_callbacks(execute=True):
+        alerting.alerts_evaluation_request()
+    assert cache.get(alerting.EVALUATION_PENDING_KEY) is None

@@ -1,0 +1,126 @@
+"""Delivering alert notifications: webhook over a real socket, email, claims and retries."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from werkzeug import Response
+
+from audit.alerting.engine import alerts_evaluate
+from audit.alerting.notify import (
+    MAX_ATTEMPTS,
+    NotificationDeliveryError,
+    notification_deliver,
+    notifications_redeliver,
+)
+from audit.models import AlertNotification
+from audit.services import session_attempt_record
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def sink(httpserver, settings):
+    settings.ALERT_WEBHOOK_URL = httpserver.url_for("/hook")
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+    settings.ALERT_RULES = {}
+    return httpserver
+
+
+@pytest.fixture
+def notifications(sink) -> dict[str, AlertNotification]:
+    for i in range(3):
+        session_attempt_record(
+            outcome="upstream_error",
+            status_code=401,
+            workflow_id="wf_notify",
+            user_ref=f"anon_{i}",
+            anonymous=True,
+            started_at=T0 + timedelta(seconds=i),
+            error_message="Incorrect API key provided: sk-[REDACTED]",
+        )
+    return {n.channel: n for n in alerts_evaluate(now=T0 + timedelta(minutes=1))}
+
+
+def hook_bodies(sink) -> list[dict]:
+    return [json.loads(request.data) for request, _ in sink.log]
+
+
+def test_webhook_receives_the_payload_once(sink, notifications):
+    sink.expect_request("/hook", method="POST").respond_with_data("ok")
+    webhook = notifications["webhook"]
+
+    assert notification_deliver(notification_id=webhook.pk) is True
+    assert notification_deliver(notification_id=webhook.pk) is False  # a duplicate task
+
+    [body] = hook_bodies(sink)
+    assert body["status"] == "firing" and body["rule"] == "upstream_auth"
+    assert body["text"].startswith("[CRITICAL]")
+    assert sink.log[0][0].headers["Content-Type"] == "application/json"
+    webhook.refresh_from_db()
+    assert (webhook.status, webhook.attempts) == ("sent", 1)
+
+
+def test_a_claimed_notification_is_not_sent_by_a_second_worker(sink, notifications):
+    sink.expect_request("/hook").respond_with_data("ok")
+    webhook = notifications["webhook"]
+    AlertNotification.objects.filter(pk=webhook.pk).update(
+        claimed_until=datetime.now(UTC) + timedelta(minutes=1)
+    )
+    assert notification_deliver(notification_id=webhook.pk) is False
+    assert sink.log == []
+
+
+def test_failing_sink_is_retried_after_backoff_and_delivered_once(sink, notifications):
+    webhook = notifications["webhook"]
+    sink.expect_ordered_request("/hook").respond_with_response(Response("down", status=503))
+    sink.expect_ordered_request("/hook").respond_with_data("ok")
+
+    with pytest.raises(NotificationDeliveryError) as failure:
+        notification_deliver(notification_id=webhook.pk)
+    assert 4 <= failure.value.retry_in(0) <= 6
+    webhook.refresh_from_db()
+    assert webhook.status == "pending" and "503" in webhook.last_error
+    # Before the backoff has passed nobody may try again, not even the sweep.
+    assert notification_deliver(notification_id=webhook.pk) is False
+    assert notifications_redeliver() == 0
+
+    with time_machine.travel(webhook.claimed_until + timedelta(seconds=31), tick=False):
+        assert notification_deliver(notification_id=webhook.pk) is True
+    webhook.refresh_from_db()
+    assert (webhook.status, webhook.attempts) == ("sent", 2)
+    assert len(sink.log) == 2
+
+
+def test_gives_up_after_max_attempts(sink, notifications):
+    webhook = notifications["webhook"]
+    sink.expect_request("/hook").respond_with_response(Response("down", status=500))
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        AlertNotification.objects.filter(pk=webhook.pk).update(claimed_until=None)
+        if attempt < MAX_ATTEMPTS:
+            with pytest.raises(NotificationDeliveryError):
+                notification_deliver(notification_id=webhook.pk)
+        else:
+            assert notification_deliver(notification_id=webhook.pk) is False
+    webhook.refresh_from_db()
+    assert (webhook.status, webhook.attempts) == ("failed", MAX_ATTEMPTS)
+
+
+def test_email_and_log_channels(sink, notifications, mailoutbox, caplog):
+    assert notification_deliver(notification_id=notifications["email"].pk)
+    [mail] = mailoutbox
+    assert mail.to == ["ops@example.com"]
+    assert "upstream 401 on wf_notify" in mail.subject
+    assert "/admin/audit/sessionattempt/?" in mail.body
+
+    assert notification_deliver(notification_id=notifications["log"].pk)
+    assert "ALERT [CRITICAL] upstream_auth" in caplog.text
+
+
+def test_sweep_redelivers_notifications_whose_task_was_lost(sink, notifications):
+    assert notifications_redeliver() == 0  # too fresh: its own task is probably on the way
+    with time_machine.travel(datetime.now(UTC) + timedelta(minutes=1), tick=False):
+        assert notifications_redeliver() == 3
