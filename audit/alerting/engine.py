@@ -126,6 +126,10 @@ def _alert_open(rule: AlertRule, match: Match) -> Alert:
 def _alert_update(
     rule: AlertRule, alert: Alert, match: Match, *, now: datetime, silenced: bool
 ) -> list[AlertNotification]:
+    notify = not silenced and alert.acknowledged_at is None and _repeat_due(alert, now=now)
+    unchanged = alert.pk and alert.last_seen == match.last_seen and not alert.condition_false_since
+    if unchanged and not notify:
+        return []  # nothing new since the last evaluation: keep evaluations cheap
     matching = SessionAttempt.objects.filter(
         rule.matches(), workflow_id=alert.workflow_id, created_at__gte=alert.first_seen
     )
@@ -138,7 +142,6 @@ def _alert_update(
     alert.sample_message = latest[0].error_message if latest else ""
     alert.error_code = latest[0].error_code if latest else ""
     alert.condition_false_since = None
-    notify = not silenced and alert.acknowledged_at is None and _repeat_due(alert, now=now)
     if notify:
         alert.last_notified_at = now
         alert.notifications_sent += 1
