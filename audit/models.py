@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -327,6 +328,13 @@ class AlertSilence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule} until {self.until:%Y-%m-%d %H:%M}"
+
+    def clean(self) -> None:
+        from audit.alerting.rules import alert_rules
+
+        names = sorted(rule.name for rule in alert_rules())
+        if self.rule not in names:
+            raise ValidationError({"rule": f"Unknown rule; the rules are: {', '.join(names)}."})
 
 
 class AlertNotification(models.Model):

@@ -62,3 +62,67 @@ def test_no_add_and_no_delete_for_anyone(admin_client, attempt):
         changelist, {"action": "delete_selected", "_selected_action": [attempt.pk], "post": "yes"}
     )
     assert SessionAttempt.objects.filter(pk=attempt.pk).exists()
+
+
+@pytest.fixture
+def alert(db):
+    from datetime import UTC, datetime
+
+    from audit.models import Alert
+
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    return Alert.objects.create(
+        rule="upstream_auth",
+        fingerprint="f" * 32,
+        severity="critical",
+        status_code=401,
+        workflow_id="wf_demo",
+        first_seen=now,
+        last_seen=now,
+        count=3,
+        threshold=3,
+        window_seconds=300,
+    )
+
+
+def changelist_action(admin_client, model: str, action: str, pk: int):
+    url = reverse(f"admin:audit_{model}_changelist")
+    return admin_client.post(url, {"action": action, "_selected_action": [pk]}, follow=True)
+
+
+def test_alert_list_and_acknowledge_action(admin_client, alert):
+    page = admin_client.get(reverse("admin:audit_alert_changelist")).content.decode()
+    assert "upstream_auth" in page and "Acknowledge" in page
+
+    response = changelist_action(admin_client, "alert", "acknowledge", alert.pk)
+    assert "Acknowledged 1 alert(s)." in response.content.decode()
+    alert.refresh_from_db()
+    assert alert.acknowledged_at is not None and alert.acknowledged_by == "admin"
+    assert alert.state == "firing"
+
+
+def test_silence_action_creates_a_silence_for_the_rule(admin_client, alert):
+    from audit.models import AlertSilence
+
+    changelist_action(admin_client, "alert", "silence_rule_1h", alert.pk)
+    silence = AlertSilence.objects.get()
+    assert (silence.rule, silence.created_by) == ("upstream_auth", "admin")
+
+
+def test_silence_form_rejects_an_unknown_rule(admin_client):
+    from audit.models import AlertSilence
+
+    url = reverse("admin:audit_alertsilence_add")
+    data = {"rule": "no_such_rule", "until_0": "2030-01-01", "until_1": "00:00:00", "reason": ""}
+    response = admin_client.post(url, data)
+    assert response.status_code == 200
+    assert "Unknown rule" in response.content.decode()
+    assert not AlertSilence.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "model", ["alert", "alertnotification", "attemptminutestat", "errorreport"]
+)
+def test_service_records_cannot_be_added_or_deleted_by_hand(admin_client, model):
+    assert admin_client.get(reverse(f"admin:audit_{model}_changelist")).status_code == 200
+    assert admin_client.get(reverse(f"admin:audit_{model}_add")).status_code == 403
