@@ -11,6 +11,7 @@ from audit.models import (
     ErrorReport,
     SessionAttempt,
 )
+from audit.paginator import EstimatedCountPaginator
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -51,6 +52,7 @@ class SessionAttemptAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["user"]
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
     def lookup_allowed(self, lookup, value, request=None) -> bool:
         # The pre-filtered links in alert notifications narrow by workflow and start time.
@@ -66,6 +68,7 @@ class AttemptMinuteStatAdmin(ReadOnlyAdmin):
     list_filter = ["outcome", "status_code"]
     date_hierarchy = "minute"
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
 
 class AlertNotificationInline(admin.TabularInline):
