@@ -86,10 +86,12 @@ async def drive(url: str, total: int, concurrency: int, seconds: float, pid: int
             await response.read()
             response.release()
         cpu_before = cpu_seconds(pid)
+        client_cpu = time.process_time()
         deadline = time.monotonic() + seconds
         started = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        client_cpu = time.process_time() - client_cpu
         cpu_after = cpu_seconds(pid)
     server_cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after else None
     return {
@@ -98,6 +100,7 @@ async def drive(url: str, total: int, concurrency: int, seconds: float, pid: int
         "elapsed": elapsed,
         "issued": issued,
         "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
     }
 
 
@@ -112,6 +115,8 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=120, help="stop sending after this")
     args = parser.parse_args()
 
+    # Other work on the machine skews the figures; the load average says how much there was.
+    load_before = os.getloadavg()[0]
     process, base_url = start_emulator()
     try:
         url = f"{base_url}/chatkit/sessions"
@@ -129,20 +134,18 @@ def main() -> None:
     ordered = sorted(result["latencies"])
     done = result["issued"]
     errors = sum(result["errors"].values())
-    print(f"emulator:     {base_url} (separate process)")
-    print(
-        f"python:       {sys.version.split()[0]}, aiohttp {aiohttp.__version__}, {os.cpu_count()} CPUs"
-    )
-    print(
-        f"requests:     {done} sent ({args.concurrency} connections), {len(ordered)} ok, {errors} errors {result['errors'] or ''}"
-    )
+    versions = f"python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}"
+    print(f"emulator:     {base_url} (separate process; {versions})")
+    print(f"machine:      {os.cpu_count()} CPUs, load average before {load_before:.2f}")
+    print(f"requests:     {done} sent over {args.concurrency} connections, {len(ordered)} ok")
+    print(f"errors:       {errors} {result['errors'] or ''}")
     print(f"elapsed:      {result['elapsed']:.2f} s")
     print(f"throughput:   {done / result['elapsed']:.0f} requests/s")
     if ordered:
+        p50, p95, p99 = (percentile(ordered, q) for q in (0.50, 0.95, 0.99))
         print(
-            f"latency (ms): p50 {percentile(ordered, 0.50):.2f}, p95 {percentile(ordered, 0.95):.2f}, "
-            f"p99 {percentile(ordered, 0.99):.2f}, max {ordered[-1] * 1000:.2f}, "
-            f"mean {statistics.fmean(ordered) * 1000:.2f}"
+            f"latency (ms): p50 {p50:.2f}, p95 {p95:.2f}, p99 {p99:.2f}, "
+            f"max {ordered[-1] * 1000:.2f}, mean {statistics.fmean(ordered) * 1000:.2f}"
         )
     busy = result["server_cpu"]
     if busy:
@@ -150,6 +153,8 @@ def main() -> None:
             f"emulator CPU: {busy:.2f} s, {busy / done * 1e6:.0f} µs per request "
             f"(~{done / busy:.0f} requests/s per fully used core)"
         )
+    # Both far below the elapsed time means neither process had a whole core to itself.
+    print(f"client CPU:   {result['client_cpu']:.2f} s (load generator, this process)")
     if done < args.requests:
         print(f"stopped early: --max-seconds {args.max_seconds} reached")
     sys.exit(1 if errors else 0)

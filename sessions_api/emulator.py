@@ -1,8 +1,10 @@
 """A local stand-in for OpenAI's ChatKit sessions API, for development, demos, tests and load tests.
 
-It answers like the upstream described in docs/chatkit-upstream.md (same fields, same error
-envelope, same messages) and can be told to misbehave (5xx, 429, HTML bodies, slowness, dropped
-or hanging connections) so the broker's retries and timeouts are exercised over a real socket.
+It answers like https://api.openai.com/v1/chatkit/sessions as the OpenAPI spec, openai-python's
+types and user reports describe it (same fields, same error envelope, same messages; unknown
+parameters are refused, as OpenAI's newer endpoints do). It can also be told to misbehave (5xx,
+429, HTML bodies, slowness, dropped or hanging connections) so that the broker's retries and
+timeouts are exercised over a real socket.
 
 Deliberately free of Django: the management command and the tests import it, and a load test can
 run it with nothing but aiohttp installed.
@@ -39,6 +41,7 @@ DEFAULT_MAX_REQUESTS_PER_MINUTE = 10
 MAX_STATE_VARIABLES = 64
 MAX_STATE_VARIABLE_KEY_LENGTH = 64
 MAX_FILE_SIZE_MB = 512
+RECORDED_BODY_BYTES = 4096
 
 MISSING_KEY_MESSAGE = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
@@ -65,21 +68,8 @@ GARBAGE_BODY = b'<html><body>upstream sent something that is not JSON {"id": "ck
 SHORTHAND_HELP = "ok, hangup, hang, garbage, slow:MS, STATUS or STATUS:RETRY_AFTER (e.g. 429:1)"
 
 _FAULT_KEYS = frozenset(
-    {
-        "ok",
-        "status",
-        "retry_after",
-        "body",
-        "content_type",
-        "latency_ms",
-        "hangup",
-        "garbage",
-        "hang",
-        "message",
-        "type",
-        "code",
-        "headers",
-    }
+    "ok status retry_after body content_type latency_ms hangup garbage hang message type code "
+    "headers".split()
 )
 _FLAG_FAULTS = frozenset({"ok", "hangup", "garbage", "hang"})
 
@@ -106,14 +96,8 @@ class EmulatorState:
             self.sessions.clear()
             self.requests.clear()
             self.faults.clear()
-            self.counters = {
-                "requests": 0,
-                "created": 0,
-                "cancelled": 0,
-                "faults": 0,
-                "dropped": 0,
-                "by_status": {},
-            }
+            self.counters = dict.fromkeys(("requests", "created", "cancelled", "faults"), 0)
+            self.counters.update(dropped=0, by_status={})
 
     def push_faults(self, faults: Iterable[dict | str]) -> int:
         """Queue faults, each consumed by one create request; returns the queue length."""
@@ -123,6 +107,8 @@ class EmulatorState:
             return len(self.faults)
 
     def next_fault(self) -> dict | None:
+        if not self.faults:  # the common case, without raising
+            return None
         try:
             return self.faults.popleft()
         except IndexError:
@@ -569,7 +555,8 @@ class _Emulator:
                 "path": request.path,
                 "headers": CIMultiDict(request.headers),
                 "json": parsed,
-                "body": raw,
+                # Only what could not be parsed, and only its start: the log stays small.
+                "body": raw[:RECORDED_BODY_BYTES] if parsed is None else b"",
                 "time": time.time(),
             }
         )
@@ -585,15 +572,17 @@ class _Emulator:
         headers: dict | None = None,
         count: bool = True,
     ) -> web.Response:
-        response = web.Response(status=status, body=body, content_type=content_type)
-        response.headers["x-request-id"] = "req_" + secrets.token_hex(16)
-        response.headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
-        response.headers["openai-version"] = "2020-10-01"
+        response_headers = {
+            "Content-Type": content_type,
+            "x-request-id": "req_" + secrets.token_hex(16),
+            "openai-processing-ms": str(int((time.monotonic() - started) * 1000)),
+            "openai-version": "2020-10-01",
+        }
         if headers:
-            response.headers.update(headers)
+            response_headers.update(headers)
         if count:  # the control endpoints stay out of the API's counters
             self.state.count_status(status)
-        return response
+        return web.Response(status=status, body=body, headers=response_headers)
 
     def _error(self, started: float, error: _ApiError, headers: dict | None = None):
         return self._respond(started, error.status, _json_body(error.payload), headers=headers)

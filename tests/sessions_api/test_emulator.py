@@ -149,6 +149,13 @@ def test_the_received_request_is_kept_for_inspection(emu):
     assert received["json"] == BODY
 
 
+def test_an_unparsable_body_is_kept_truncated(emu):
+    create(emu, body=b"{" * 10_000)
+    (received,) = emu.state.received()
+    assert received["json"] is None
+    assert received["body"] == b"{" * emulator.RECORDED_BODY_BYTES
+
+
 # ----------------------------------------------------------------------------- auth and headers
 
 MISSING_KEY = emulator.MISSING_KEY_MESSAGE
@@ -705,6 +712,11 @@ def test_an_expired_session_reads_as_expired(emu):
     session = create(emu, body).json()
     emu.state.sessions[session["id"]]["expires_at"] = int(time.time()) - 1
     assert emu.state.get_session(session["id"])["status"] == "expired"
+
+
+def test_serve_in_thread_reports_a_port_in_use(server):
+    with pytest.raises(OSError):
+        serve_in_thread(port=server.port)
 
 
 # ----------------------------------------------------------------------------- packaging

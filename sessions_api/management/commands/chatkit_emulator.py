@@ -11,8 +11,12 @@ class Command(BaseCommand):
         "demoed and load-tested without an OpenAI key or network access. Point the broker at "
         "it with OPENAI_BASE_URL=http://HOST:PORT/v1 (printed on start). By default any key "
         "that starts with 'sk-' and is at least 20 characters long is accepted, and any workflow "
-        "id that starts with 'wf_' exists. Stop it with Ctrl-C."
+        "id that starts with 'wf_' exists. Tests and demos can queue faults (500, 429, dropped "
+        "or hanging connections, slow answers) with POST /_emulator/faults and read counters at "
+        "GET /_emulator/stats. Stop it with Ctrl-C."
     )
+    # It touches neither models nor settings, and must start even where the checks would warn.
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -77,6 +81,9 @@ class Command(BaseCommand):
             root = base_url.removesuffix("/v1")
             self.stdout.write(self.style.SUCCESS(f"ChatKit emulator listening on {base_url}"))
             self.stdout.write(f"Use it with: OPENAI_BASE_URL={base_url}")
+            keys = f"{len(options['api_keys'])} configured" if options["api_keys"] else "any sk-…"
+            workflows = ", ".join(options["workflows"]) or "any wf_…"
+            self.stdout.write(f"Accepting API keys: {keys}; workflows: {workflows}.")
             self.stdout.write(
                 f"Control: POST {root}/_emulator/faults, GET {root}/_emulator/stats, "
                 f"POST {root}/_emulator/reset. Press Ctrl-C to stop."
