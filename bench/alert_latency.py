@@ -84,12 +84,12 @@ def post(url: str, body: dict) -> int:
         return error.code
 
 
-def recreate_database(admin_url: str) -> str:
+def recreate_database(admin_url: str, name: str) -> str:
+    """Drop and create a scratch database next to `admin_url`'s; returns its URL."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    parts = urlsplit(admin_url)
-    return urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
 
 
 def main() -> int:
@@ -109,7 +109,7 @@ def main() -> int:
     workflows = [f"wf_bench_{i:03d}" for i in range(args.trials)]
     env = {
         **os.environ,
-        "DATABASE_URL": recreate_database(database_url),
+        "DATABASE_URL": recreate_database(database_url, BENCH_DB),
         "DJANGO_SECRET_KEY": "bench-only",
         "DJANGO_LOG_LEVEL": "WARNING",
         "OPENAI_API_KEY": "sk-broker-key-the-emulator-refuses-000",

@@ -56,7 +56,16 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(url: str, total: int, concurrency: int, seconds: float, pid: int) -> dict:
+async def drive(
+    url: str,
+    total: int,
+    concurrency: int,
+    seconds: float,
+    pid: int,
+    *,
+    body: bytes = BODY,
+    headers: dict = HEADERS,
+) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     issued = 0
@@ -67,7 +76,7 @@ async def drive(url: str, total: int, concurrency: int, seconds: float, pid: int
             issued += 1
             started = time.perf_counter()
             try:
-                async with session.post(url, data=BODY, headers=HEADERS) as response:
+                async with session.post(url, data=body, headers=headers) as response:
                     await response.read()
                     if response.status != 200:
                         errors[str(response.status)] = errors.get(str(response.status), 0) + 1
@@ -81,7 +90,7 @@ async def drive(url: str, total: int, concurrency: int, seconds: float, pid: int
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         # Open every connection before the clock starts.
-        warmup = [session.post(url, data=BODY, headers=HEADERS) for _ in range(concurrency)]
+        warmup = [session.post(url, data=body, headers=headers) for _ in range(concurrency)]
         for response in await asyncio.gather(*warmup):
             await response.read()
             response.release()
