@@ -19,9 +19,14 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-## Benchmarks; results go in docs/benchmarks.md.
+## Benchmarks (need local PostgreSQL and Redis); results go in docs/benchmarks.md.
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/3
 bench: $(VENV)/.installed
 	$(PY) bench/emulator_throughput.py
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/broker_throughput.py
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/aggregate.py
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/alert_latency.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
