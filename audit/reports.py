@@ -1,0 +1,289 @@
+"""The error report: one period of session attempts, summarised for an operator.
+
+Counts come from the per-minute statistics, so a report can be rebuilt after the raw rows are
+pruned; the most frequent messages and the latency percentiles need the raw rows and are empty
+for periods older than the retention.
+"""
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.core import mail
+from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from audit.models import Alert, AttemptMinuteStat, ErrorReport, SessionAttempt
+from audit.stats import attempt_stats_aggregate
+
+logger = logging.getLogger(__name__)
+
+PERIODS = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": timedelta(weeks=1)}
+TOP_MESSAGES = 10
+MAX_ALERTS_LISTED = 50
+SUCCESS = SessionAttempt.Outcome.SUCCESS
+ALERT_FIELDS = ("id", "rule", "severity", "status_code", "workflow_id", "count", "state")
+
+
+def error_report_period(*, period: str, end: datetime) -> tuple[datetime, datetime]:
+    """The last complete hourly/daily/weekly period ending at or before end, aligned in UTC."""
+    until = end.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if period != "hourly":
+        until = until.replace(hour=0)
+    if period == "weekly":
+        until -= timedelta(days=until.weekday())  # back to Monday 00:00
+    return until - PERIODS[period], until
+
+
+def error_report_build(*, since: datetime, until: datetime) -> dict:
+    """The report's figures for [since, until), JSON-serialisable.
+
+    Both ends are truncated to the minute, the resolution of the statistics, so that counts and
+    raw-row figures describe exactly the same attempts. No usernames and nothing secret: upstream
+    messages were redacted when they were recorded.
+    """
+    since, until = _minute(since), _minute(until)
+    attempt_stats_aggregate()
+    stats = AttemptMinuteStat.objects.filter(minute__gte=since, minute__lt=until)
+    errors = stats.exclude(outcome=SUCCESS)
+    current = _totals(since, until)
+    previous = _totals(since - (until - since), since)
+    alerts = Alert.objects.filter(first_seen__gte=since, first_seen__lt=until).order_by(
+        "first_seen", "id"
+    )
+    return {
+        **current,
+        "by_status_code": _breakdown(errors, "status_code"),
+        "by_error_code": _breakdown(errors.exclude(error_code=""), "error_code"),
+        "by_outcome": _breakdown(stats, "outcome"),
+        "by_workflow": [
+            {"workflow_id": row["workflow_id"], "attempts": row["total"], "errors": row["failed"]}
+            for row in stats.values("workflow_id")
+            .annotate(total=Sum("attempts"), failed=Sum("attempts", filter=~Q(outcome=SUCCESS)))
+            .order_by("-total", "workflow_id")
+        ],
+        "top_error_messages": _top_messages(since, until),
+        "latency_ms": _latency_percentiles(since, until),
+        "alerts_fired": alerts.count(),
+        "alerts": [
+            {**alert, "first_seen": alert["first_seen"].isoformat()}
+            for alert in alerts.values(*ALERT_FIELDS, "first_seen")[:MAX_ALERTS_LISTED]
+        ],
+        "previous": previous,
+        "change": {
+            key: _change(current[key], previous[key])
+            for key in ("attempts", "errors", "success_rate")
+        },
+    }
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def _totals(since: datetime, until: datetime) -> dict:
+    totals = AttemptMinuteStat.objects.filter(minute__gte=since, minute__lt=until).aggregate(
+        total=Sum("attempts", default=0),
+        succeeded=Sum("attempts", filter=Q(outcome=SUCCESS), default=0),
+    )
+    attempts, successes = totals["total"], totals["succeeded"]
+    return {
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "attempts": attempts,
+        "successes": successes,
+        "errors": attempts - successes,
+        "success_rate": round(successes / attempts, 4) if attempts else None,
+    }
+
+
+def _breakdown(stats, key: str) -> list[dict]:
+    return list(stats.values(key).annotate(attempts=Sum("attempts")).order_by("-attempts", key))
+
+
+def _change(current, previous) -> dict:
+    """Absolute and relative change; relative is None when there is nothing to compare with."""
+    if current is None or previous is None:
+        return {"absolute": None, "relative": None}
+    absolute = round(current - previous, 4)
+    return {"absolute": absolute, "relative": round(absolute / previous, 4) if previous else None}
+
+
+def _top_messages(since: datetime, until: datetime) -> list[dict]:
+    rows = (
+        SessionAttempt.objects.filter(created_at__gte=since, created_at__lt=until)
+        .exclude(outcome=SUCCESS)
+        .exclude(error_message="")
+        .values("error_message")
+        .annotate(count=Count("id"))
+        .order_by("-count", "error_message")[:TOP_MESSAGES]
+    )
+    return [{"message": row["error_message"], "count": row["count"]} for row in rows]
+
+
+def _latency_percentiles(since: datetime, until: datetime) -> dict:
+    """p50 and p95 of upstream latency, interpolated like PostgreSQL's percentile_cont."""
+    timed = SessionAttempt.objects.filter(
+        created_at__gte=since, created_at__lt=until, latency_ms__isnull=False
+    )
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT COUNT(*), percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP"
+                " (ORDER BY latency_ms) FROM audit_sessionattempt"
+                " WHERE created_at >= %s AND created_at < %s AND latency_ms IS NOT NULL",
+                [since, until],
+            )
+            samples, values = cursor.fetchone()
+        p50, p95 = values or (None, None)
+    else:
+        # No percentile function in SQLite: read only the one or two ordered values around each
+        # rank (LIMIT/OFFSET), never the whole period.
+        samples = timed.count()
+        p50, p95 = (_nth_interpolated(timed, samples, q) for q in (0.5, 0.95))
+    return {
+        "samples": samples,
+        "p50": None if p50 is None else round(p50, 1),
+        "p95": None if p95 is None else round(p95, 1),
+    }
+
+
+def _nth_interpolated(timed, samples: int, fraction: float) -> float | None:
+    if not samples:
+        return None
+    rank = fraction * (samples - 1)
+    low = int(rank)
+    values = list(timed.order_by("latency_ms").values_list("latency_ms", flat=True)[low : low + 2])
+    upper = values[1] if len(values) > 1 else values[0]
+    return values[0] + (rank - low) * (upper - values[0])
+
+
+def _percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate * 100:.2f}%"
+
+
+def _delta(change: dict, *, points: bool = False) -> str:
+    if change["absolute"] is None:
+        return "no previous figure"
+    if points:
+        return f"{change['absolute'] * 100:+.2f} points on the previous period"
+    relative = "" if change["relative"] is None else f", {change['relative'] * 100:+.1f}%"
+    return f"{change['absolute']:+,}{relative} on the previous period"
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> list[str]:
+    lines = ["", title]
+    if not rows:
+        return [*lines, "  (none)"]
+    width = max(len(label) for label, _ in rows)
+    return [*lines, *(f"  {label:<{width}}  {value}" for label, value in rows)]
+
+
+def error_report_render_text(data: dict, *, admin_url: str = "") -> str:
+    """The report as plain text, as emailed."""
+    since = datetime.fromisoformat(data["since"])
+    until = datetime.fromisoformat(data["until"])
+    latency = data["latency_ms"]
+    change = data["change"]
+    lines = [
+        "ChatKit session broker: error report",
+        f"Period: {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Attempts:     {data['attempts']:,} ({_delta(change['attempts'])})",
+        f"Success rate: {_percent(data['success_rate'])} "
+        f"({_delta(change['success_rate'], points=True)})",
+        f"Errors:       {data['errors']:,} ({_delta(change['errors'])})",
+        "Upstream latency: "
+        + (
+            f"p50 {latency['p50']:,} ms, p95 {latency['p95']:,} ms "
+            f"({latency['samples']:,} timed attempts)"
+            if latency["samples"]
+            else "no timed attempts (or raw rows already pruned)"
+        ),
+    ]
+    lines += _table(
+        "Errors by upstream status (0: no answer)",
+        [(str(row["status_code"]), f"{row['attempts']:,}") for row in data["by_status_code"]],
+    )
+    lines += _table(
+        "Errors by upstream error code",
+        [(row["error_code"], f"{row['attempts']:,}") for row in data["by_error_code"]],
+    )
+    lines += _table(
+        "Attempts by outcome",
+        [(row["outcome"], f"{row['attempts']:,}") for row in data["by_outcome"]],
+    )
+    lines += _table(
+        "Attempts by workflow",
+        [
+            (row["workflow_id"] or "(none)", f"{row['attempts']:,} ({row['errors']:,} errors)")
+            for row in data["by_workflow"]
+        ],
+    )
+    lines += _table(
+        "Most frequent upstream error messages",
+        [(f"{row['count']:,}x", row["message"]) for row in data["top_error_messages"]],
+    )
+    lines += _table(
+        f"Alerts fired: {data['alerts_fired']:,}",
+        [
+            (
+                f"{alert['severity']} {alert['rule']}",
+                f"status {alert['status_code'] or '-'}, workflow {alert['workflow_id'] or '-'}, "
+                f"{alert['count']:,} attempts, {alert['state']}, first seen "
+                f"{datetime.fromisoformat(alert['first_seen']):%Y-%m-%d %H:%M} UTC",
+            )
+            for alert in data["alerts"]
+        ],
+    )
+    if admin_url:
+        lines += ["", f"In the admin: {admin_url}"]
+    return "\n".join(lines) + "\n"
+
+
+def error_report_create_and_send(*, period_end: datetime | None = None) -> ErrorReport:
+    """Build, store and email the report of the last complete ERROR_REPORT_PERIOD.
+
+    Idempotent: the report is keyed by its period, and the email goes out only while
+    emailed_at is empty, under a row lock, so two tasks running at once still send one email.
+    Sending before recording means a crash in between sends it again rather than never.
+    """
+    since, until = error_report_period(
+        period=settings.ERROR_REPORT_PERIOD, end=period_end or timezone.now()
+    )
+    data = error_report_build(since=since, until=until)
+    report, _ = ErrorReport.objects.update_or_create(
+        period_start=since, period_end=until, defaults={"data": data, "text": ""}
+    )
+    base_url = settings.ALERT_ADMIN_BASE_URL.rstrip("/")
+    admin_url = f"{base_url}/admin/audit/errorreport/{report.pk}/change/"
+    report.text = error_report_render_text(data, admin_url=admin_url)
+    report.save(update_fields=["text"])
+    if settings.ALERT_EMAIL_TO and report.emailed_at is None:
+        _email_once(report, data)
+    return report
+
+
+def _email_once(report: ErrorReport, data: dict) -> None:
+    with transaction.atomic():
+        locked = ErrorReport.objects.select_for_update().get(pk=report.pk)
+        if locked.emailed_at is not None:
+            report.emailed_at = locked.emailed_at
+            return
+        subject = (
+            f"ChatKit broker error report {report.period_start:%Y-%m-%d %H:%M} UTC: "
+            f"{data['errors']:,} errors, success rate {_percent(data['success_rate'])}"
+        )
+        # An explicit timeout: Django's SMTP backend waits forever by default.
+        connection_ = mail.get_connection(timeout=settings.EMAIL_TIMEOUT or 30)
+        mail.send_mail(
+            subject,
+            report.text,
+            settings.DEFAULT_FROM_EMAIL,
+            settings.ALERT_EMAIL_TO,
+            connection=connection_,
+        )
+        report.emailed_at = timezone.now()
+        ErrorReport.objects.filter(pk=report.pk).update(emailed_at=report.emailed_at)
+    logger.info("Emailed error report %s to %d addresses.", report.pk, len(settings.ALERT_EMAIL_TO))

@@ -1,0 +1,192 @@
+"""Per-minute attempt statistics, folded from the audit table in SQL.
+
+Every audit row is written together with an AttemptBacklog row (audit/services.py). A run claims
+backlog rows and recomputes the minutes they name *entirely* from audit_sessionattempt, then
+upserts the result. Recomputing whole minutes instead of adding increments is what makes the
+fold exact under every failure the issue lists:
+
+- re-running changes nothing (a minute recomputed twice gives the same figures);
+- a row committed late, out of id order, brings its own backlog row, so its minute is recomputed
+  on the next run; counting it again is impossible because nothing is ever added;
+- distinct users stay exact, which increments could not give;
+- a worker dying mid-run rolls its transaction back, so the claimed backlog rows come back.
+
+The one thing recomputation cannot tolerate is two runs interleaving (the later snapshot could
+be overwritten by the earlier one), hence the global lock. Pruning must likewise never delete rows
+of a minute that still awaits recomputation: audit/retention.py takes the same lock and skips such
+minutes.
+"""
+
+import json
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.db.models import Max, Sum
+from django.db.models.functions import TruncDay, TruncHour
+
+from audit.models import AttemptMinuteStat
+
+# pg_advisory_xact_lock key shared by the aggregator and the pruner ("audit st" in ASCII).
+AGGREGATION_LOCK_KEY = 0x6175646974207374
+# Larger than any attempt id: "the whole backlog" when it is smaller than a batch.
+ALL_IDS = 2**63 - 1
+
+# One statement deletes exactly the rows it reports: those visible to its snapshot up to the
+# batch's last attempt id. A row committed later, even with a lower id, stays for the next run,
+# and the recompute (a later statement, a later snapshot) sees every row whose entry it took.
+# Attempt id order keeps a batch to a narrow span of minutes, because ids grow with time. No
+# row locks: the advisory lock keeps other aggregators out, and nothing else deletes due rows.
+_CLAIM_POSTGRESQL = """
+    WITH claimed AS (
+        DELETE FROM audit_attemptbacklog
+        WHERE attempt_id <= COALESCE(
+            (SELECT attempt_id FROM audit_attemptbacklog ORDER BY attempt_id OFFSET %s LIMIT 1),
+            %s
+        )
+        RETURNING minute
+    )
+    SELECT minute, COUNT(*) FROM claimed GROUP BY minute
+"""
+# Per aggregation transaction only: the one running aggregator may sort a batch in memory; JIT
+# compilation costs more than it saves on these short statements; and an unflushed commit lost
+# in a crash is harmless, since the claim and the upsert are lost together and simply redone.
+_SETTINGS_POSTGRESQL = """
+    SELECT set_config('work_mem', '64MB', true), set_config('jit', 'off', true),
+           set_config('synchronous_commit', 'off', true)
+"""
+
+# Each minute is a created_at range, never a truncation of created_at, so the scan follows the
+# created_at index and reads only the rows of the claimed minutes. Status 0 stands for "no
+# upstream answer" because NULLs never conflict in the unique constraint.
+_RECOMPUTE_POSTGRESQL = """
+    INSERT INTO audit_attemptminutestat
+        (minute, workflow_id, outcome, status_code, error_code, attempts, users)
+    SELECT m.minute, a.workflow_id, a.outcome, COALESCE(a.status_code, 0), a.error_code,
+           COUNT(*), COUNT(DISTINCT a.user_ref)
+    FROM unnest(%s::timestamptz[]) AS m(minute)
+    JOIN audit_sessionattempt a
+      ON a.created_at >= m.minute AND a.created_at < m.minute + interval '1 minute'
+    GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT (minute, workflow_id, outcome, status_code, error_code)
+    DO UPDATE SET attempts = EXCLUDED.attempts, users = EXCLUDED.users
+"""
+
+# SQLite stores datetimes as 'YYYY-MM-DD HH:MM:SS[.ffffff]' UTC text, which sorts like time; a
+# minute start written as 'YYYY-MM-DD HH:MM:00' is exactly what the ORM writes and looks up for
+# AttemptMinuteStat.minute. The minutes arrive as one JSON array (JSON1 is required by Django's
+# JSONField anyway), so there is no bound-parameter limit to chunk around. "WHERE 1" resolves
+# SQLite's documented parsing ambiguity between a join's ON and the upsert's ON CONFLICT.
+_RECOMPUTE_SQLITE = """
+    INSERT INTO audit_attemptminutestat
+        (minute, workflow_id, outcome, status_code, error_code, attempts, users)
+    SELECT m.value, a.workflow_id, a.outcome, COALESCE(a.status_code, 0), a.error_code,
+           COUNT(*), COUNT(DISTINCT a.user_ref)
+    FROM json_each(%s) AS m
+    JOIN audit_sessionattempt a
+      ON a.created_at >= m.value
+     AND a.created_at < strftime('%%Y-%%m-%%d %%H:%%M:00', m.value, '+1 minute')
+    WHERE 1
+    GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT (minute, workflow_id, outcome, status_code, error_code)
+    DO UPDATE SET attempts = EXCLUDED.attempts, users = EXCLUDED.users
+"""
+
+
+def aggregation_lock(cursor) -> None:
+    """Serialise aggregation (and pruning) until the current transaction ends.
+
+    SQLite needs nothing: settings open every transaction with BEGIN IMMEDIATE, which already
+    takes the database's single write lock.
+    """
+    if connection.vendor == "postgresql":
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AGGREGATION_LOCK_KEY])
+
+
+def attempt_stats_aggregate(*, batch_size: int = 100_000) -> int:
+    """Fold the backlog into AttemptMinuteStat; return how many backlog rows were consumed.
+
+    Each batch is one transaction: lock, claim up to batch_size backlog rows, recompute their
+    minutes. A minute split between two batches is simply recomputed twice.
+    """
+    consumed = 0
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            aggregation_lock(cursor)
+            minutes, claimed = _backlog_claim(cursor, batch_size)
+            if minutes:
+                _minutes_recompute(cursor, minutes)
+        consumed += claimed
+        if claimed < batch_size:
+            return consumed
+
+
+def _backlog_claim(cursor, batch_size: int) -> tuple[list, int]:
+    """Delete up to batch_size backlog rows; return their distinct minutes and their number."""
+    if connection.vendor == "postgresql":
+        cursor.execute(_SETTINGS_POSTGRESQL)
+        cursor.execute(_CLAIM_POSTGRESQL, [batch_size - 1, ALL_IDS])
+        rows = cursor.fetchall()
+        return [minute for minute, _ in rows], sum(count for _, count in rows)
+    # The transaction holds SQLite's write lock: nothing can commit between these statements.
+    cursor.execute(
+        "SELECT attempt_id FROM audit_attemptbacklog ORDER BY attempt_id LIMIT 1 OFFSET %s",
+        [batch_size - 1],
+    )
+    last = cursor.fetchone()
+    bound = last[0] if last else ALL_IDS
+    cursor.execute(
+        "SELECT DISTINCT strftime('%%Y-%%m-%%d %%H:%%M:00', minute)"
+        " FROM audit_attemptbacklog WHERE attempt_id <= %s",
+        [bound],
+    )
+    minutes = [minute for (minute,) in cursor.fetchall()]
+    cursor.execute("DELETE FROM audit_attemptbacklog WHERE attempt_id <= %s", [bound])
+    return minutes, cursor.rowcount
+
+
+def _minutes_recompute(cursor, minutes: list) -> None:
+    """Recompute the given minutes from the audit table and upsert them."""
+    if connection.vendor == "postgresql":
+        cursor.execute(_RECOMPUTE_POSTGRESQL, [minutes])
+    else:
+        cursor.execute(_RECOMPUTE_SQLITE, [json.dumps(minutes)])
+
+
+_TRUNCATIONS = {"hour": TruncHour, "day": TruncDay}
+
+
+def stats_series(
+    *, since: datetime, until: datetime, granularity: str = "hour", **filters
+) -> list[dict]:
+    """Attempts per bucket and key, for minutes in [since, until).
+
+    Keys are workflow_id, outcome, status_code (0: no upstream answer) and error_code; filters
+    are ORM lookups on AttemptMinuteStat (e.g. status_code=401, workflow_id="wf_…").
+
+    Hours and days are derived by query rather than stored as rollups: the minute table holds
+    at most one row per minute and key, so it stays small (1,000,000 attempts over 7 days in the
+    benchmark make 115,702 rows; an hourly series over those 7 days takes about 0.3 s on
+    PostgreSQL, one day about 50 ms), and a single source of truth cannot drift from its
+    rollups when a late row makes a minute be recomputed.
+
+    Distinct users cannot be added across minutes (the same user in two minutes would count
+    twice), so coarser buckets give `peak_users_per_minute`, the largest per-minute figure;
+    minute buckets also give the exact `users`.
+    """
+    if granularity not in ("minute", *_TRUNCATIONS):
+        raise ValueError("granularity must be minute, hour or day")
+    rows = AttemptMinuteStat.objects.filter(minute__gte=since, minute__lt=until, **filters)
+    keys = ["workflow_id", "outcome", "status_code", "error_code"]
+    if granularity == "minute":
+        series = rows.values("minute", *keys, "attempts", "users").order_by("minute", *keys)
+        return [
+            {"bucket": row.pop("minute"), **row, "peak_users_per_minute": row["users"]}
+            for row in series
+        ]
+    series = (
+        rows.annotate(bucket=_TRUNCATIONS[granularity]("minute"))
+        .values("bucket", *keys)
+        .annotate(attempts=Sum("attempts"), peak_users_per_minute=Max("users"))
+        .order_by("bucket", *keys)
+    )
+    return list(series)

@@ -1,0 +1,250 @@
+import json
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from audit.models import Alert, ErrorReport
+from audit.reports import (
+    error_report_build,
+    error_report_create_and_send,
+    error_report_period,
+    error_report_render_text,
+)
+from audit.services import session_attempt_record
+
+pytestmark = pytest.mark.django_db
+
+DAY = datetime(2026, 3, 3, tzinfo=UTC)  # a Tuesday
+NEXT_DAY = DAY + timedelta(days=1)
+WF_A, WF_B = "wf_alpha", "wf_beta"
+
+
+def record(at: datetime, outcome: str = "success", **fields):
+    values = {"user_ref": "u1", "workflow_id": WF_A, "status_code": 200, "latency_ms": 100}
+    if outcome != "success":
+        values["status_code"] = None
+    return session_attempt_record(
+        outcome=outcome, anonymous=False, started_at=at, **{**values, **fields}
+    )
+
+
+def alert(first_seen: datetime, **fields) -> Alert:
+    values = {
+        "rule": "upstream_auth",
+        "fingerprint": "fp-auth",
+        "severity": "critical",
+        "status_code": 401,
+        "workflow_id": WF_A,
+        "first_seen": first_seen,
+        "last_seen": first_seen + timedelta(minutes=2),
+        "count": 3,
+        "threshold": 3,
+        "window_seconds": 300,
+    }
+    return Alert.objects.create(**{**values, **fields})
+
+
+@pytest.fixture
+def known_day():
+    """10 attempts on DAY (6 successes) and 5 the day before (4 successes)."""
+    for i, latency in enumerate([100, 200, 300, 400, 500, 600]):
+        record(DAY + timedelta(hours=i), user_ref=f"u{i % 3}", latency_ms=latency)
+    for minute in (1, 2):
+        record(
+            DAY + timedelta(hours=9, minutes=minute),
+            "upstream_error",
+            status_code=401,
+            error_code="invalid_api_key",
+            error_message="Incorrect API key provided",
+            latency_ms=50,
+        )
+    record(
+        DAY + timedelta(hours=10),
+        "upstream_error",
+        status_code=404,
+        error_code="workflow_not_found",
+        error_message="Workflow not found",
+        workflow_id=WF_B,
+        latency_ms=80,
+    )
+    record(
+        DAY + timedelta(hours=23, minutes=59),
+        "timeout",
+        error_message="Upstream timed out",
+        latency_ms=None,
+    )
+    record(NEXT_DAY, "timeout")  # the next period: not counted
+    for i in range(4):
+        record(DAY - timedelta(hours=i + 1))
+    record(DAY - timedelta(hours=6), "upstream_error", status_code=500, error_message="Oops")
+    alert(DAY + timedelta(hours=9, minutes=2))
+    alert(DAY - timedelta(hours=2), fingerprint="fp-old", state="resolved")
+
+
+def test_figures_for_a_known_day(known_day):
+    data = error_report_build(since=DAY, until=NEXT_DAY)
+
+    assert (data["since"], data["until"]) == (DAY.isoformat(), NEXT_DAY.isoformat())
+    assert (data["attempts"], data["successes"], data["errors"]) == (10, 6, 4)
+    assert data["success_rate"] == 0.6
+    assert data["by_status_code"] == [
+        {"status_code": 401, "attempts": 2},
+        {"status_code": 0, "attempts": 1},
+        {"status_code": 404, "attempts": 1},
+    ]
+    assert data["by_error_code"] == [
+        {"error_code": "invalid_api_key", "attempts": 2},
+        {"error_code": "workflow_not_found", "attempts": 1},
+    ]
+    assert data["by_outcome"] == [
+        {"outcome": "success", "attempts": 6},
+        {"outcome": "upstream_error", "attempts": 3},
+        {"outcome": "timeout", "attempts": 1},
+    ]
+    assert data["by_workflow"] == [
+        {"workflow_id": WF_A, "attempts": 9, "errors": 3},
+        {"workflow_id": WF_B, "attempts": 1, "errors": 1},
+    ]
+    assert data["top_error_messages"] == [
+        {"message": "Incorrect API key provided", "count": 2},
+        {"message": "Upstream timed out", "count": 1},
+        {"message": "Workflow not found", "count": 1},
+    ]
+    # 9 timed attempts: 50 50 80 100 200 300 400 500 600 (percentile_cont interpolation).
+    assert data["latency_ms"] == {"samples": 9, "p50": 200.0, "p95": 560.0}
+    assert data["alerts_fired"] == 1
+    assert [(a["rule"], a["severity"], a["status_code"], a["state"]) for a in data["alerts"]] == [
+        ("upstream_auth", "critical", 401, "firing")
+    ]
+    json.dumps(data)  # serialisable as stored and printed
+
+
+def test_change_against_the_previous_period(known_day):
+    data = error_report_build(since=DAY, until=NEXT_DAY)
+
+    previous = data["previous"]
+    assert (previous["attempts"], previous["errors"], previous["success_rate"]) == (5, 1, 0.8)
+    assert previous["since"] == (DAY - timedelta(days=1)).isoformat()
+    assert data["change"] == {
+        "attempts": {"absolute": 5, "relative": 1.0},
+        "errors": {"absolute": 3, "relative": 3.0},
+        "success_rate": {"absolute": -0.2, "relative": -0.25},
+    }
+
+
+def test_empty_period_and_no_previous():
+    data = error_report_build(since=DAY, until=NEXT_DAY)
+
+    assert (data["attempts"], data["success_rate"]) == (0, None)
+    assert data["latency_ms"] == {"samples": 0, "p50": None, "p95": None}
+    assert data["change"]["attempts"] == {"absolute": 0, "relative": None}
+    assert data["change"]["success_rate"] == {"absolute": None, "relative": None}
+    assert "Success rate: n/a" in error_report_render_text(data)
+
+
+def test_text_rendering(known_day):
+    text = error_report_render_text(
+        error_report_build(since=DAY, until=NEXT_DAY), admin_url="https://ops.example/x"
+    )
+
+    assert "Period: 2026-03-03 00:00 to 2026-03-04 00:00 UTC" in text
+    assert "Attempts:     10 (+5, +100.0% on the previous period)" in text
+    assert "Success rate: 60.00% (-20.00 points on the previous period)" in text
+    assert "Errors:       4 (+3, +300.0% on the previous period)" in text
+    assert "p50 200.0 ms, p95 560.0 ms (9 timed attempts)" in text
+    assert "  401  2" in text
+    assert "  invalid_api_key     2" in text
+    assert "  2x  Incorrect API key provided" in text
+    assert f"  {WF_A}  9 (3 errors)" in text
+    assert "Alerts fired: 1" in text
+    assert "critical upstream_auth  status 401, workflow wf_alpha, 3 attempts, firing" in text
+    assert text.endswith("In the admin: https://ops.example/x\n")
+    assert "ada" not in text  # the logged-in username never appears, only refs at most
+
+
+@pytest.mark.parametrize(
+    ("period", "start", "end"),
+    [
+        ("hourly", datetime(2026, 3, 4, 9, tzinfo=UTC), datetime(2026, 3, 4, 10, tzinfo=UTC)),
+        ("daily", datetime(2026, 3, 3, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC)),
+        ("weekly", datetime(2026, 2, 23, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)),
+    ],
+)
+def test_period_is_the_last_complete_one(period, start, end):
+    assert error_report_period(period=period, end=datetime(2026, 3, 4, 10, 5, tzinfo=UTC)) == (
+        start,
+        end,
+    )
+    # Exactly at a boundary, the period that just ended.
+    assert error_report_period(period=period, end=end) == (start, end)
+
+
+def test_create_and_send_is_idempotent_and_emails_once(known_day, settings, mailoutbox):
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = ["ops@example.com", "oncall@example.com"]
+    settings.ALERT_ADMIN_BASE_URL = "https://broker.example/"
+
+    first = error_report_create_and_send(period_end=NEXT_DAY + timedelta(minutes=15))
+    second = error_report_create_and_send(period_end=NEXT_DAY + timedelta(hours=3))
+
+    assert first.pk == second.pk and ErrorReport.objects.count() == 1
+    report = ErrorReport.objects.get()
+    assert (report.period_start, report.period_end) == (DAY, NEXT_DAY)
+    assert report.emailed_at is not None and report.data["attempts"] == 10
+    assert len(mailoutbox) == 1
+    message = mailoutbox[0]
+    assert message.to == ["ops@example.com", "oncall@example.com"]
+    assert "4 errors" in message.subject
+    assert message.body == report.text
+    assert f"https://broker.example/admin/audit/errorreport/{report.pk}/change/" in message.body
+
+
+def test_no_recipients_no_email_until_configured(known_day, settings, mailoutbox):
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = []
+    report = error_report_create_and_send(period_end=NEXT_DAY)
+    assert report.emailed_at is None and not mailoutbox
+
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+    error_report_create_and_send(period_end=NEXT_DAY)
+    assert len(mailoutbox) == 1
+
+
+def test_command_prints_text_and_json(known_day, mailoutbox):
+    span = ["--since", "2026-03-03", "--until", "2026-03-04T00:00:00Z"]
+    text = StringIO()
+    call_command("error_report", *span, stdout=text)
+    assert "Attempts:     10 (+5" in text.getvalue()
+
+    out = StringIO()
+    call_command("error_report", *span, "--format", "json", stdout=out)
+    data = json.loads(out.getvalue())
+    assert (data["attempts"], data["since"]) == (10, DAY.isoformat())
+
+    assert not ErrorReport.objects.exists() and not mailoutbox  # on demand: printed only
+
+
+def test_command_defaults_to_the_last_24_hours():
+    record(datetime.now(UTC) - timedelta(hours=1))
+    out = StringIO()
+    call_command("error_report", "--format", "json", stdout=out)
+    data = json.loads(out.getvalue())
+    since, until = (datetime.fromisoformat(data[key]) for key in ("since", "until"))
+    assert until - since == timedelta(hours=24)
+    assert data["attempts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--since", "yesterday"], "--since 'yesterday' is not an ISO 8601"),
+        (["--until", "2026-13-01"], "--until '2026-13-01' is not an ISO 8601"),
+        (["--since", "2026-03-04", "--until", "2026-03-03"], "earlier than --until"),
+    ],
+)
+def test_command_rejects_bad_dates(arguments, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("error_report", *arguments)

@@ -1,0 +1,146 @@
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from audit import retention
+from audit.management.commands.prune_audit import Command as PruneCommand
+from audit.models import AttemptBacklog, AttemptMinuteStat, SessionAttempt
+from audit.retention import audit_prune
+from audit.services import session_attempt_record
+from audit.stats import attempt_stats_aggregate
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+OLD = NOW - timedelta(days=40)
+
+
+def record(at: datetime, **fields) -> SessionAttempt:
+    values = {"outcome": "success", "status_code": 200, "user_ref": "u1", "workflow_id": "wf_r"}
+    return session_attempt_record(anonymous=False, started_at=at, **{**values, **fields})
+
+
+def deletes_of_audit_rows(queries) -> list[str]:
+    return [q["sql"] for q in queries if q["sql"].startswith("DELETE FROM audit_sessionattempt")]
+
+
+def test_deletes_old_rows_in_bounded_batches():
+    old = [record(OLD + timedelta(minutes=i)).pk for i in range(5)]
+    recent = [record(NOW - timedelta(days=29)).pk, record(NOW).pk]
+
+    with CaptureQueriesContext(connection) as queries:
+        result = audit_prune(older_than_days=30, batch_size=2, now=NOW)
+
+    assert (result.deleted, result.batches, result.kept, result.dry_run) == (5, 3, 0, False)
+    assert result.cutoff == NOW - timedelta(days=30)
+    # 2 + 2 + 1: the short third batch shows nothing is left, so there is no fourth.
+    assert len(deletes_of_audit_rows(queries.captured_queries)) == 3
+    assert sorted(SessionAttempt.objects.values_list("pk", flat=True)) == sorted(recent)
+    assert not SessionAttempt.objects.filter(pk__in=old).exists()
+
+
+def test_dry_run_deletes_nothing():
+    for i in range(3):
+        record(OLD + timedelta(minutes=i))
+    record(NOW)
+
+    result = audit_prune(older_than_days=30, dry_run=True, now=NOW)
+
+    assert (result.deleted, result.batches, result.dry_run) == (3, 0, True)
+    assert SessionAttempt.objects.count() == 4
+    assert AttemptBacklog.objects.count() == 4  # not even the statistics were folded
+
+
+def test_running_again_deletes_nothing_more():
+    for i in range(3):
+        record(OLD + timedelta(minutes=i))
+    audit_prune(older_than_days=30, now=NOW)
+
+    again = audit_prune(older_than_days=30, now=NOW)
+
+    assert (again.deleted, again.batches) == (0, 0)
+
+
+def test_rows_from_a_minute_awaiting_aggregation_on_are_kept(monkeypatch):
+    # A backlog entry that arrived after the fold: its minute will be recomputed from the audit
+    # table, so none of that minute's rows may go yet, or the statistics would shrink.
+    monkeypatch.setattr(retention, "attempt_stats_aggregate", lambda: 0)
+    earlier = record(OLD - timedelta(minutes=5))
+    pending = record(OLD)
+    same_minute = SessionAttempt.objects.create(  # aggregated before the pending one arrived
+        created_at=OLD + timedelta(seconds=30),
+        outcome="success",
+        status_code=200,
+        workflow_id="wf_r",
+    )
+    AttemptBacklog.objects.exclude(attempt=pending).delete()  # the rest is aggregated
+
+    result = audit_prune(older_than_days=30, now=NOW)
+
+    assert (result.deleted, result.kept) == (1, 2)
+    assert not SessionAttempt.objects.filter(pk=earlier.pk).exists()
+    assert SessionAttempt.objects.filter(pk__in=[pending.pk, same_minute.pk]).count() == 2
+
+    monkeypatch.undo()
+    attempt_stats_aggregate()
+    assert AttemptMinuteStat.objects.get(minute=OLD).attempts == 2
+    assert audit_prune(older_than_days=30, now=NOW).deleted == 2
+
+
+def test_statistics_survive_pruning():
+    for i in range(4):
+        record(OLD + timedelta(seconds=10 * i), user_ref=f"u{i % 2}")
+    session_attempt_record(
+        outcome="upstream_error", status_code=401, user_ref="u1", anonymous=False, started_at=OLD
+    )
+
+    result = audit_prune(older_than_days=30, now=NOW)  # folds the backlog first
+
+    assert result.deleted == 5 and not SessionAttempt.objects.exists()
+    assert set(AttemptMinuteStat.objects.values_list("outcome", "attempts", "users")) == {
+        ("success", 4, 2),
+        ("upstream_error", 1, 1),
+    }
+    # A later run recomputes nothing from the (now empty) minute.
+    attempt_stats_aggregate()
+    assert sum(AttemptMinuteStat.objects.values_list("attempts", flat=True)) == 5
+
+
+def test_command_reports_what_it_removed(settings):
+    settings.AUDIT_RETENTION_DAYS = 30
+    long_ago = timezone.now() - timedelta(days=31)
+    for i in range(3):
+        record(long_ago + timedelta(minutes=i))
+    record(timezone.now())
+
+    dry = StringIO()
+    call_command("prune_audit", "--dry-run", stdout=dry)
+    assert "Dry run: would delete 3 audit rows created before" in dry.getvalue()
+    assert SessionAttempt.objects.count() == 4
+
+    out = StringIO()
+    call_command("prune_audit", "--batch-size", "2", stdout=out)
+    assert "Deleted 3 audit rows created before" in out.getvalue()
+    assert "in 2 batches of at most 2" in out.getvalue()
+    assert SessionAttempt.objects.count() == 1
+
+    out = StringIO()
+    call_command("prune_audit", "--older-than-days", "1", stdout=out)
+    assert "Deleted 0 audit rows" in out.getvalue()
+
+
+@pytest.mark.parametrize("arguments", [["--older-than-days", "0"], ["--batch-size", "0"]])
+def test_command_refuses_nonsense(arguments):
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("prune_audit", *arguments)
+
+
+def test_command_help_explains_itself():
+    text = PruneCommand().create_parser("manage.py", "prune_audit").format_help()
+    assert "statistics" in text and "--dry-run" in text and "AUDIT_RETENTION_DAYS" in text

@@ -1,0 +1,315 @@
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.db.models import Count
+from django.db.models.functions import Coalesce, TruncMinute
+
+from audit import stats
+from audit.models import AttemptBacklog, AttemptMinuteStat, SessionAttempt
+from audit.services import session_attempt_record
+from audit.stats import attempt_stats_aggregate, stats_series
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+WF = "wf_stats"
+
+
+def record(at: datetime, **fields) -> SessionAttempt:
+    values = {"outcome": "success", "status_code": 200, "user_ref": "u1", "workflow_id": WF}
+    return session_attempt_record(anonymous=False, started_at=at, **{**values, **fields})
+
+
+def failure(at: datetime, **fields) -> SessionAttempt:
+    values = {"outcome": "upstream_error", "status_code": 401, "error_code": "invalid_api_key"}
+    return record(at, **{**values, **fields})
+
+
+def table() -> set[tuple]:
+    return set(
+        AttemptMinuteStat.objects.values_list(
+            "minute", "workflow_id", "outcome", "status_code", "error_code", "attempts", "users"
+        )
+    )
+
+
+def from_scratch() -> set[tuple]:
+    """The statistics as a plain GROUP BY over every audit row would give them."""
+    rows = (
+        SessionAttempt.objects.annotate(
+            minute=TruncMinute("created_at"), status=Coalesce("status_code", 0)
+        )
+        .values("minute", "workflow_id", "outcome", "status", "error_code")
+        .annotate(n=Count("id"), users=Count("user_ref", distinct=True))
+        .values_list("minute", "workflow_id", "outcome", "status", "error_code", "n", "users")
+    )
+    return set(rows)
+
+
+def test_counts_and_distinct_users_per_minute():
+    record(T0 + timedelta(seconds=1), user_ref="u1")
+    record(T0 + timedelta(seconds=30), user_ref="u1")
+    record(T0 + timedelta(seconds=59, microseconds=999_999), user_ref="u2")
+    failure(T0 + timedelta(seconds=5), user_ref="u1")
+    record(T0 + timedelta(minutes=1), outcome="timeout", status_code=None, user_ref="u3")
+
+    assert attempt_stats_aggregate() == 5
+
+    m1 = T0 + timedelta(minutes=1)
+    assert table() == {
+        (T0, WF, "success", 200, "", 3, 2),
+        (T0, WF, "upstream_error", 401, "invalid_api_key", 1, 1),
+        (m1, WF, "timeout", 0, "", 1, 1),
+    }
+    assert table() == from_scratch()
+    assert not AttemptBacklog.objects.exists()
+    # The stored minute is what the ORM writes and looks up, on every database.
+    assert AttemptMinuteStat.objects.filter(minute=m1).count() == 1
+
+
+def test_running_again_changes_nothing():
+    for second in range(0, 60, 7):
+        record(T0 + timedelta(seconds=second), user_ref=f"u{second % 3}")
+    attempt_stats_aggregate()
+    before = set(AttemptMinuteStat.objects.values_list("pk", "attempts", "users"))
+
+    assert attempt_stats_aggregate() == 0
+    assert set(AttemptMinuteStat.objects.values_list("pk", "attempts", "users")) == before
+
+
+def test_incremental_run_touches_only_the_new_minutes():
+    record(T0)
+    failure(T0 + timedelta(minutes=1))
+    attempt_stats_aggregate()
+    untouched = set(
+        AttemptMinuteStat.objects.filter(minute=T0).values_list("pk", "attempts", "users")
+    )
+
+    failure(T0 + timedelta(minutes=1, seconds=10), user_ref="u2")
+    record(T0 + timedelta(minutes=5))
+
+    assert attempt_stats_aggregate() == 2
+    assert (
+        set(AttemptMinuteStat.objects.filter(minute=T0).values_list("pk", "attempts", "users"))
+        == untouched
+    )
+    assert table() == from_scratch()
+    assert sum(row[5] for row in table()) == SessionAttempt.objects.count() == 4
+
+
+def test_row_committed_later_with_an_earlier_time_is_counted_next_run():
+    record(T0 + timedelta(minutes=3))
+    attempt_stats_aggregate()
+
+    # A later id with an earlier created_at: a transaction that started first, committed last.
+    late = record(T0 + timedelta(seconds=10), user_ref="slow")
+    assert late.pk > SessionAttempt.objects.order_by("pk").first().pk
+
+    assert attempt_stats_aggregate() == 1
+    assert (T0, WF, "success", 200, "", 1, 1) in table()
+    assert table() == from_scratch()
+
+
+def test_backlog_row_for_an_aggregated_minute_recomputes_it_exactly():
+    first = record(T0 + timedelta(seconds=1))
+    record(T0 + timedelta(seconds=2), user_ref="u2")
+    attempt_stats_aggregate()
+
+    # A second backlog entry for an already counted attempt (a duplicated write, a replay)…
+    AttemptBacklog.objects.create(attempt=first, minute=T0)
+    # …and a bulk-loaded new attempt in the same minute.
+    extra = SessionAttempt.objects.create(
+        created_at=T0 + timedelta(seconds=3),
+        outcome="success",
+        status_code=200,
+        user_ref="u3",
+        workflow_id=WF,
+    )
+    AttemptBacklog.objects.create(attempt=extra, minute=T0)
+
+    assert attempt_stats_aggregate() == 2
+    assert table() == {(T0, WF, "success", 200, "", 3, 3)}
+
+
+def test_batches_cover_the_whole_backlog():
+    for i in range(7):
+        record(T0 + timedelta(seconds=20 * i), user_ref=f"u{i % 2}")
+
+    assert attempt_stats_aggregate(batch_size=2) == 7
+    assert table() == from_scratch()
+    assert not AttemptBacklog.objects.exists()
+
+
+def test_a_run_dying_mid_way_loses_nothing(monkeypatch):
+    for i in range(5):
+        record(T0 + timedelta(minutes=i))
+    recompute = stats._minutes_recompute
+    calls = []
+
+    def dies_on_second_batch(cursor, minutes):
+        calls.append(minutes)
+        recompute(cursor, minutes)
+        if len(calls) == 2:
+            raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(stats, "_minutes_recompute", dies_on_second_batch)
+    with pytest.raises(RuntimeError):
+        attempt_stats_aggregate(batch_size=2)
+
+    # The first batch committed; the second rolled back, claim and upsert alike.
+    assert AttemptBacklog.objects.count() == 3
+    assert AttemptMinuteStat.objects.count() == 2
+
+    monkeypatch.setattr(stats, "_minutes_recompute", recompute)
+    assert attempt_stats_aggregate() == 3
+    assert table() == from_scratch()
+
+
+def test_series_by_hour_and_day():
+    record(T0, user_ref="u1")
+    record(T0 + timedelta(seconds=5), user_ref="u2")
+    record(T0 + timedelta(minutes=1), user_ref="u1")
+    failure(T0 + timedelta(minutes=2))
+    record(T0 + timedelta(hours=1), user_ref="u9")
+    record(T0 + timedelta(days=1), user_ref="u9")  # outside the window below
+    attempt_stats_aggregate()
+    window = {"since": T0, "until": T0 + timedelta(hours=2)}
+
+    hourly = stats_series(**window, outcome="success")
+    assert [(r["bucket"], r["attempts"], r["peak_users_per_minute"]) for r in hourly] == [
+        (T0, 3, 2),
+        (T0 + timedelta(hours=1), 1, 1),
+    ]
+    assert "users" not in hourly[0]
+
+    daily = stats_series(**window, granularity="day")
+    assert [(r["bucket"], r["outcome"], r["status_code"], r["attempts"]) for r in daily] == [
+        (T0.replace(hour=0), "success", 200, 4),
+        (T0.replace(hour=0), "upstream_error", 401, 1),
+    ]
+
+    minutes = stats_series(**window, granularity="minute", status_code=401)
+    assert minutes == [
+        {
+            "bucket": T0 + timedelta(minutes=2),
+            "workflow_id": WF,
+            "outcome": "upstream_error",
+            "status_code": 401,
+            "error_code": "invalid_api_key",
+            "attempts": 1,
+            "users": 1,
+            "peak_users_per_minute": 1,
+        }
+    ]
+    with pytest.raises(ValueError):
+        stats_series(**window, granularity="week")
+
+
+def _in_thread(target, errors: list):
+    def run():
+        try:
+            target()
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    return threading.Thread(target=run)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_overlapping_runs_while_rows_are_written():
+    # Real interleaving on PostgreSQL; on SQLite the same load shows that BEGIN IMMEDIATE
+    # serialises the runs and the writers correctly.
+    writing = threading.Event()
+    writing.set()
+    errors: list[Exception] = []
+
+    def write():
+        for i in range(300):
+            at = T0 + timedelta(seconds=i % 180)  # revisit minutes that were aggregated already
+            record(at, user_ref=f"u{i % 17}", outcome="success" if i % 4 else "upstream_error")
+        writing.clear()
+
+    def aggregate():
+        while writing.is_set():
+            attempt_stats_aggregate(batch_size=7)
+
+    threads = [_in_thread(write, errors), _in_thread(aggregate, errors)]
+    threads.append(_in_thread(aggregate, errors))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert not errors
+    attempt_stats_aggregate()
+    assert SessionAttempt.objects.count() == 300
+    assert table() == from_scratch()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_transaction_committing_after_a_run_is_counted_by_the_next():
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: SQLite cannot hold two write transactions open")
+    inserted, commit = threading.Event(), threading.Event()
+    errors: list[Exception] = []
+
+    def slow_writer():
+        with transaction.atomic():
+            attempt = SessionAttempt.objects.create(
+                created_at=T0, outcome="success", status_code=200, user_ref="slow", workflow_id=WF
+            )
+            AttemptBacklog.objects.create(attempt=attempt, minute=T0)
+            inserted.set()
+            commit.wait(timeout=30)
+
+    thread = _in_thread(slow_writer, errors)
+    thread.start()
+    assert inserted.wait(timeout=30)
+    fast = record(T0 + timedelta(seconds=30), user_ref="fast")  # a later id, committed first
+    assert attempt_stats_aggregate() == 1
+    assert table() == {(T0, WF, "success", 200, "", 1, 1)}
+
+    commit.set()
+    thread.join(timeout=30)
+    assert not errors
+    assert attempt_stats_aggregate() == 1
+    assert table() == {(T0, WF, "success", 200, "", 2, 2)}
+    assert fast.pk > SessionAttempt.objects.get(user_ref="slow").pk
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_second_run_waits_for_the_first():
+    # Two recomputations of one minute must not interleave (the older snapshot could be
+    # written last), so a run waits while another holds the aggregation lock.
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: on SQLite BEGIN IMMEDIATE is the lock")
+    holding, release = threading.Event(), threading.Event()
+    errors: list[Exception] = []
+
+    def first_run():
+        with transaction.atomic(), connection.cursor() as cursor:
+            stats.aggregation_lock(cursor)
+            holding.set()
+            release.wait(timeout=30)
+
+    record(T0)
+    first = _in_thread(first_run, errors)
+    first.start()
+    assert holding.wait(timeout=30)
+    second = _in_thread(attempt_stats_aggregate, errors)
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive() and AttemptBacklog.objects.count() == 1
+
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert not errors and not second.is_alive()
+    assert not AttemptBacklog.objects.exists()
+    assert table() == from_scratch()
