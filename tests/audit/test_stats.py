@@ -313,3 +313,27 @@ def test_a_second_run_waits_for_the_first():
     assert not errors and not second.is_alive()
     assert not AttemptBacklog.objects.exists()
     assert table() == from_scratch()
+
+
+def test_attempt_stats_command_prints_hourly_rows():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from audit.services import session_attempt_record
+
+    for status in (401, 401, 200):
+        session_attempt_record(
+            outcome="success" if status == 200 else "upstream_error",
+            status_code=status,
+            workflow_id="wf_cmd",
+            user_ref="u_1",
+            anonymous=False,
+        )
+    out = StringIO()
+    call_command("attempt_stats", "--status-code", "401", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("bucket")
+    [row] = lines[1:]
+    # bucket (date and time), workflow, outcome, status, error code, attempts, peak users
+    assert row.split()[2:] == ["wf_cmd", "upstream_error", "401", "-", "2", "1"]

@@ -11,7 +11,7 @@ from audit.reports import error_report_build, error_report_render_text
 DEFAULT_SPAN = timedelta(hours=24)
 
 
-def _moment(option: str, value: str | None) -> datetime | None:
+def parse_moment(option: str, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
@@ -52,8 +52,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, since: str | None, until: str | None, format: str, **options):
-        until_at = _moment("--until", until) or timezone.now()
-        since_at = _moment("--since", since) or until_at - DEFAULT_SPAN
+        until_at = parse_moment("--until", until) or timezone.now()
+        since_at = parse_moment("--since", since) or until_at - DEFAULT_SPAN
         if since_at >= until_at:
             raise CommandError("--since must be earlier than --until.")
         data = error_report_build(since=since_at, until=until_at)
