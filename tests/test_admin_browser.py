@@ -5,6 +5,7 @@ import shutil
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from audit.alerting.engine import alerts_evaluate
@@ -24,7 +25,8 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture
-def browser_page(monkeypatch):
+def browser_page(live_server, monkeypatch):
+    """A Chromium page; closed before the live server stops, so no request thread lingers."""
     if not shutil.which(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
@@ -89,3 +91,6 @@ def test_operator_reviews_attempts_and_acknowledges_an_alert(
 
     incident.refresh_from_db()
     assert incident.acknowledged_by == "admin"
+    # Under Playwright's greenlets this ORM call got a connection of its own; close it, or it
+    # keeps the test database from being dropped at the end of the run.
+    connection.close()
