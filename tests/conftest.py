@@ -1,5 +1,6 @@
 import os
 import time
+from pathlib import Path
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -81,3 +82,14 @@ def wait_for(predicate, *, seconds: float = 15.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A worker thread may still hold the SQLite test database when Django deletes it, which
+    # leaves its -wal and -shm files behind; they belong to this run only (the name has our pid).
+    from django.conf import settings
+
+    name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if name and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        for suffix in ("-wal", "-shm"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
