@@ -12,6 +12,13 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_python(*args: str, env: dict) -> subprocess.CompletedProcess:
+    """Run Python in a fresh process with exactly this environment, as a deployment would."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 @pytest.mark.django_db
 def test_migrations_match_the_models():
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
@@ -21,14 +28,7 @@ def test_production_settings_refuse_to_start_without_a_secret_key():
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     # Empty values win over a developer's .env file, which is only a fallback.
     env.update(DJANGO_SETTINGS_MODULE="broker.settings", DJANGO_SECRET_KEY="", DJANGO_DEBUG="false")
-    result = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python("-c", "import django; django.setup()", env=env)
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY is not set" in result.stderr
 
@@ -58,13 +58,6 @@ def test_env_example_as_written_passes_manage_py_check(tmp_path):
             env[name] = value
     env.update(DJANGO_SETTINGS_MODULE="broker.settings", DJANGO_SECRET_KEY="x" * 50)
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python("manage.py", "check", env=env)
     assert result.returncode == 0, result.stderr
     assert "sessions_api.W001" in result.stderr  # no key in the example: warned, not fatal
