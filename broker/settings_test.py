@@ -19,6 +19,9 @@ OPENAI_API_KEY = ""
 OPENAI_WORKFLOW_ID = ""
 CHATKIT_ALLOWED_WORKFLOWS = []
 CHATKIT_USER_ID_SECRET = "tests-only-user-id-secret"
+# The suite sends many requests from one address; the throttle tests turn the limits on.
+CHATKIT_THROTTLE_USER = ""
+CHATKIT_THROTTLE_ANON = ""
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

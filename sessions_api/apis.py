@@ -10,6 +10,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from sessions_api import errors
+from sessions_api.drf import SessionCreateThrottle
 from sessions_api.identity import ChatKitIdentity, anon_cookie_set, identity_resolve
 from sessions_api.services import chatkit_attempt_reject, chatkit_session_create
 
@@ -51,6 +52,7 @@ class ChatKitSessionCreateApi(APIView):
         client_secret = serializers.CharField()
         expires_at = serializers.IntegerField(allow_null=True)
 
+    throttle_classes = [SessionCreateThrottle]
     identity: ChatKitIdentity | None = None
 
     def post(self, request):

@@ -64,6 +64,17 @@ def chatkit_settings_check(app_configs=None, **kwargs) -> list:
                 id="sessions_api.E006",
             )
         )
+    for name in ("CHATKIT_THROTTLE_USER", "CHATKIT_THROTTLE_ANON"):
+        rate = getattr(settings, name)
+        count, _, period = rate.partition("/")
+        if rate and not (count.isdigit() and period[:1] in ("s", "m", "h", "d")):
+            messages.append(
+                Error(
+                    f"{name} is {rate!r}, not a rate.",
+                    hint='Write it as requests/period, e.g. "30/min" or "500/hour"; empty: off.',
+                    id="sessions_api.E008",
+                )
+            )
     if any(db.get("ATOMIC_REQUESTS") for db in settings.DATABASES.values()):
         messages.append(
             Error(

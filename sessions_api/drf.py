@@ -5,13 +5,17 @@ so a view module cannot also hold them without an import cycle.
 """
 
 import io
+import logging
 
 from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.parsers import JSONParser
+from rest_framework.throttling import SimpleRateThrottle
 
 from sessions_api import errors
+
+logger = logging.getLogger(__name__)
 
 
 class CsrfSessionAuthentication(SessionAuthentication):
@@ -33,3 +37,40 @@ class LimitedJSONParser(JSONParser):
         if len(body) > limit:
             raise errors.RequestTooLarge(f"The request body is larger than {limit} bytes.")
         return super().parse(io.BytesIO(body), media_type, parser_context)
+
+
+class SessionCreateThrottle(SimpleRateThrottle):
+    """Caps how fast one user, or one IP address when logged out, can mint sessions.
+
+    Every session spends our OpenAI quota. The counts live in the shared cache (Redis in
+    production), so the limit holds across gunicorn workers. When the cache is down the request
+    is allowed with a warning: serving the chat matters more than counting it.
+    """
+
+    scope = "chatkit_session"
+
+    def get_rate(self) -> None:
+        return None  # chosen per request in allow_request: users and addresses differ
+
+    def allow_request(self, request, view) -> bool:
+        if request.method != "POST":
+            return True
+        user = request.user
+        self.rate = (
+            settings.CHATKIT_THROTTLE_USER
+            if user.is_authenticated
+            else settings.CHATKIT_THROTTLE_ANON
+        )
+        if not self.rate:
+            return True
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        try:
+            return super().allow_request(request, view)
+        except Exception:  # noqa: BLE001 - a cache outage must not stop chats
+            logger.warning("Throttle cache unavailable; allowing the session request.")
+            return True
+
+    def get_cache_key(self, request, view) -> str:
+        user = request.user
+        ident = f"user-{user.pk}" if user.is_authenticated else f"ip-{self.get_ident(request)}"
+        return self.cache_format % {"scope": self.scope, "ident": ident}

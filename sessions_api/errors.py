@@ -5,6 +5,7 @@ audit row of the attempt (null when nothing was recorded, e.g. a wrong method).
 """
 
 import logging
+import math
 
 from django.conf import settings
 from rest_framework import exceptions, status
@@ -66,6 +67,12 @@ class CsrfFailed(ApplicationError):
     status_code = status.HTTP_403_FORBIDDEN
     code = "csrf_failed"
     message = "CSRF check failed: send the X-CSRFToken header with the csrftoken cookie's value."
+
+
+class RateLimited(ApplicationError):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    code = "rate_limited"
+    message = "Too many chat sessions requested. Try again shortly."
 
 
 class NotConfigured(ApplicationError):
@@ -132,6 +139,8 @@ def as_application_error(exc: Exception) -> ApplicationError | None:
         return error
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         return AuthenticationRequired(request_id=request_id)
+    if isinstance(exc, exceptions.Throttled):
+        return RateLimited(request_id=request_id, retry_after=math.ceil(exc.wait or 1))
     if isinstance(exc, CsrfRejected):
         return CsrfFailed(request_id=request_id)
     if isinstance(exc, exceptions.ValidationError):

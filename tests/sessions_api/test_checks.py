@@ -32,6 +32,8 @@ def test_a_configured_broker_passes(configured):
         ("OPENAI_BASE_URL", "api.openai.com/v1", "sessions_api.E004"),
         ("CHATKIT_USER_ID_MODE", "email", "sessions_api.E005"),
         ("CHATKIT_EXPIRES_AFTER_SECONDS", 3600, "sessions_api.E006"),
+        ("CHATKIT_THROTTLE_USER", "thirty", "sessions_api.E008"),
+        ("CHATKIT_THROTTLE_ANON", "30/fortnight", "sessions_api.E008"),
     ],
 )
 def test_each_misconfiguration_is_reported(configured, setting, value, expected):

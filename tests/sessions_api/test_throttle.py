@@ -1,0 +1,60 @@
+import secrets
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from audit.models import SessionAttempt
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/chatkit/session/"
+
+
+@pytest.fixture
+def address() -> str:
+    """A fresh client address per test, so counts left in a shared Redis never interfere."""
+    return f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250)}"
+
+
+def test_anonymous_limit_is_per_address_and_answers_429(upstream, settings, address):
+    settings.CHATKIT_THROTTLE_ANON = "2/min"
+    client = APIClient(REMOTE_ADDR=address)
+    assert [client.post(URL).status_code for _ in range(2)] == [200, 200]
+
+    response = client.post(URL)
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["code"] == "rate_limited"
+    assert 1 <= int(response["Retry-After"]) <= 60
+    # Refused before any upstream call, and still on record.
+    assert len(upstream.state.received()) == 2
+    rejected = SessionAttempt.objects.get(pk=error["request_id"])
+    assert (rejected.outcome, rejected.api_error_code) == ("rejected", "rate_limited")
+
+    # Dropping the anonymous cookie does not help; another address has its own budget.
+    client.cookies.clear()
+    assert client.post(URL).status_code == 429
+    assert APIClient(REMOTE_ADDR=address + "0").post(URL).status_code == 200
+
+
+def test_logged_in_users_are_counted_per_user(upstream, settings, django_user_model, address):
+    settings.CHATKIT_THROTTLE_USER = "1/min"
+    first, second = APIClient(REMOTE_ADDR=address), APIClient(REMOTE_ADDR=address)
+    first.force_login(django_user_model.objects.create_user(username=f"u{address}"))
+    second.force_login(django_user_model.objects.create_user(username=f"v{address}"))
+    assert first.post(URL).status_code == 200
+    assert first.post(URL).status_code == 429
+    assert second.post(URL).status_code == 200
+
+
+def test_a_broken_cache_lets_requests_through(upstream, settings, address, monkeypatch, caplog):
+    settings.CHATKIT_THROTTLE_ANON = "1/min"
+
+    def down(*args, **kwargs):
+        raise ConnectionError("cache is down")
+
+    monkeypatch.setattr(cache, "get", down)
+    client = APIClient(REMOTE_ADDR=address)
+    assert [client.post(URL).status_code for _ in range(3)] == [200, 200, 200]
+    assert "Throttle cache unavailable" in caplog.text
