@@ -11,6 +11,7 @@ from django.utils import timezone
 from audit.alerting.engine import alerts_evaluate
 from audit.models import Alert
 from audit.services import session_attempt_record
+from tests.factories import record_attempts
 
 CHROMIUM = "/usr/bin/chromium"
 # As the machine's notes advise: no background traffic on a machine without internet.
@@ -46,17 +47,12 @@ def browser_page(live_server, monkeypatch):
 def incident(settings):
     settings.ALERT_WEBHOOK_URL = ""
     now = timezone.now()
-    for i in range(3):
-        session_attempt_record(
-            outcome="upstream_error",
-            status_code=401,
-            workflow_id="wf_browser",
-            user_ref=f"anon_{i}",
-            anonymous=True,
-            started_at=now - timedelta(seconds=30 - i),
-            error_message="Incorrect API key provided: sk-[REDACTED]",
-            api_error_code="upstream_auth_failed",
-        )
+    record_attempts(
+        3,
+        at=now - timedelta(seconds=30),
+        workflow="wf_browser",
+        api_error_code="upstream_auth_failed",
+    )
     session_attempt_record(
         outcome="success", status_code=200, workflow_id="wf_browser", user_ref="anon_9",
         anonymous=True, session_id="cksess_browser",

@@ -14,6 +14,7 @@ from audit import alerting
 from audit.alerting.engine import alerts_evaluate
 from audit.models import Alert, AlertNotification, AlertSilence
 from audit.services import session_attempt_record
+from tests.factories import record_attempts
 
 pytestmark = pytest.mark.django_db
 
@@ -31,20 +32,8 @@ def alert_settings(settings):
     return settings
 
 
-def attempts(n, *, at=T0, status=401, outcome="upstream_error", workflow=WF, user=None, **extra):
-    for i in range(n):
-        session_attempt_record(
-            outcome=outcome,
-            status_code=status,
-            workflow_id=workflow,
-            user_ref=f"anon_{i}",
-            anonymous=True,
-            started_at=at + timedelta(seconds=i),
-            error_message="Incorrect API key provided: sk-[REDACTED]",
-            error_code="invalid_api_key" if status == 401 else "",
-            user=user,
-            **extra,
-        )
+def attempts(n, *, at=T0, workflow=WF, **kwargs):
+    record_attempts(n, at=at, workflow=workflow, **kwargs)
 
 
 def firing_events() -> list[tuple[str, int]]:

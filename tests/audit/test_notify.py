@@ -15,7 +15,7 @@ from audit.alerting.notify import (
     notifications_redeliver,
 )
 from audit.models import AlertNotification
-from audit.services import session_attempt_record
+from tests.factories import record_attempts
 
 pytestmark = pytest.mark.django_db
 
@@ -32,16 +32,7 @@ def sink(httpserver, settings):
 
 @pytest.fixture
 def notifications(sink) -> dict[str, AlertNotification]:
-    for i in range(3):
-        session_attempt_record(
-            outcome="upstream_error",
-            status_code=401,
-            workflow_id="wf_notify",
-            user_ref=f"anon_{i}",
-            anonymous=True,
-            started_at=T0 + timedelta(seconds=i),
-            error_message="Incorrect API key provided: sk-[REDACTED]",
-        )
+    record_attempts(3, at=T0, workflow="wf_notify")
     return {n.channel: n for n in alerts_evaluate(now=T0 + timedelta(minutes=1))}
 
 
