@@ -7,11 +7,13 @@ for periods older than the retention.
 
 import logging
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core import mail
 from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
+from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import Alert, AttemptMinuteStat, ErrorReport, SessionAttempt
@@ -60,7 +62,9 @@ def error_report_build(*, since: datetime, until: datetime) -> dict:
         "by_workflow": [
             {"workflow_id": row["workflow_id"], "attempts": row["total"], "errors": row["failed"]}
             for row in stats.values("workflow_id")
-            .annotate(total=Sum("attempts"), failed=Sum("attempts", filter=~Q(outcome=SUCCESS)))
+            .annotate(
+                total=Sum("attempts"), failed=Sum("attempts", filter=~Q(outcome=SUCCESS), default=0)
+            )
             .order_by("-total", "workflow_id")
         ],
         "top_error_messages": _top_messages(since, until),
@@ -245,24 +249,29 @@ def error_report_render_text(data: dict, *, admin_url: str = "") -> str:
 def error_report_create_and_send(*, period_end: datetime | None = None) -> ErrorReport:
     """Build, store and email the report of the last complete ERROR_REPORT_PERIOD.
 
-    Idempotent: the report is keyed by its period, and the email goes out only while
-    emailed_at is empty, under a row lock, so two tasks running at once still send one email.
-    Sending before recording means a crash in between sends it again rather than never.
+    The report (figures and text) is built completely before anything is stored, so a failure
+    while building leaves an earlier copy of the same period as it was. Idempotent: the report
+    is keyed by its period, and the email goes out only while emailed_at is empty, under a row
+    lock, so two tasks running at once still send one email.
     """
     since, until = error_report_period(
         period=settings.ERROR_REPORT_PERIOD, end=period_end or timezone.now()
     )
     data = error_report_build(since=since, until=until)
+    text = error_report_render_text(data, admin_url=error_report_admin_url(since))
     report, _ = ErrorReport.objects.update_or_create(
-        period_start=since, period_end=until, defaults={"data": data, "text": ""}
+        period_start=since, period_end=until, defaults={"data": data, "text": text}
     )
-    base_url = settings.ALERT_ADMIN_BASE_URL.rstrip("/")
-    admin_url = f"{base_url}/admin/audit/errorreport/{report.pk}/change/"
-    report.text = error_report_render_text(data, admin_url=admin_url)
-    report.save(update_fields=["text"])
     if settings.ALERT_EMAIL_TO and report.emailed_at is None:
         _email_once(report, data)
     return report
+
+
+def error_report_admin_url(period_start: datetime) -> str:
+    """The admin list narrowed to this period's report: a link that exists before the row."""
+    base = settings.ALERT_ADMIN_BASE_URL.rstrip("/")
+    query = urlencode({"period_start": period_start.isoformat()})
+    return f"{base}{reverse('admin:audit_errorreport_changelist')}?{query}"
 
 
 def _email_once(report: ErrorReport, data: dict) -> None:

@@ -182,7 +182,9 @@ def test_period_is_the_last_complete_one(period, start, end):
     assert error_report_period(period=period, end=end) == (start, end)
 
 
-def test_create_and_send_is_idempotent_and_emails_once(known_day, settings, mailoutbox):
+def test_create_and_send_is_idempotent_and_emails_once(
+    known_day, settings, mailoutbox, admin_client
+):
     settings.ERROR_REPORT_PERIOD = "daily"
     settings.ALERT_EMAIL_TO = ["ops@example.com", "oncall@example.com"]
     settings.ALERT_ADMIN_BASE_URL = "https://broker.example/"
@@ -199,7 +201,12 @@ def test_create_and_send_is_idempotent_and_emails_once(known_day, settings, mail
     assert message.to == ["ops@example.com", "oncall@example.com"]
     assert "4 errors" in message.subject
     assert message.body == report.text
-    assert f"https://broker.example/admin/audit/errorreport/{report.pk}/change/" in message.body
+    link = "https://broker.example/admin/audit/errorreport/?period_start=2026-03-03T00%3A00%3A00%2B00%3A00"
+    assert message.body.endswith(f"In the admin: {link}\n")
+    # The link lists exactly this report.
+    page = admin_client.get(link.removeprefix("https://broker.example"))
+    assert page.status_code == 200
+    assert list(page.context["cl"].result_list) == [report]
 
 
 def test_no_recipients_no_email_until_configured(known_day, settings, mailoutbox):
@@ -248,3 +255,67 @@ def test_command_defaults_to_the_last_24_hours():
 def test_command_rejects_bad_dates(arguments, message):
     with pytest.raises(CommandError, match=message):
         call_command("error_report", *arguments)
+
+
+def healthy_day() -> None:
+    """An ordinary day: every attempt succeeded, on two workflows, one of them with a blank id."""
+    for hour in range(0, 24, 3):
+        record(DAY + timedelta(hours=hour, minutes=7), user_ref=f"anon_{hour}")
+    record(DAY + timedelta(hours=12), workflow_id="", user_ref="")
+
+
+def test_a_healthy_day_reports_zero_errors_per_workflow():
+    healthy_day()
+
+    data = error_report_build(since=DAY, until=NEXT_DAY)
+
+    assert (data["attempts"], data["errors"], data["success_rate"]) == (9, 0, 1.0)
+    assert data["by_workflow"] == [
+        {"workflow_id": WF_A, "attempts": 8, "errors": 0},
+        {"workflow_id": "", "attempts": 1, "errors": 0},
+    ]
+    assert data["by_status_code"] == data["by_error_code"] == data["top_error_messages"] == []
+    text = error_report_render_text(data)
+    assert f"  {WF_A}  8 (0 errors)" in text
+    assert "  (none)    1 (0 errors)" in text
+    assert "Errors:       0 (no previous figure)" not in text  # the previous day had 0 attempts
+    assert "Errors:       0 (+0 on the previous period)" in text
+
+
+def test_command_on_a_healthy_day_prints_text_and_json():
+    healthy_day()
+    span = ["--since", "2026-03-03", "--until", "2026-03-04"]
+
+    text = StringIO()
+    call_command("error_report", *span, stdout=text)
+    out = StringIO()
+    call_command("error_report", *span, "--format", "json", stdout=out)
+
+    assert "Success rate: 100.00%" in text.getvalue()
+    assert [row["errors"] for row in json.loads(out.getvalue())["by_workflow"]] == [0, 0]
+
+
+def test_scheduled_report_on_a_healthy_day_is_stored_and_emailed(settings, mailoutbox):
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+    healthy_day()
+
+    report = error_report_create_and_send(period_end=NEXT_DAY + timedelta(minutes=15))
+
+    assert report.data["errors"] == 0 and "Success rate: 100.00%" in report.text
+    assert [message.body for message in mailoutbox] == [report.text]
+    assert ErrorReport.objects.get().emailed_at is not None
+
+
+def test_a_failing_rebuild_keeps_the_stored_report(known_day, settings, monkeypatch):
+    settings.ERROR_REPORT_PERIOD = "daily"
+    stored = error_report_create_and_send(period_end=NEXT_DAY)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr("audit.reports.error_report_render_text", broken)
+    with pytest.raises(RuntimeError):
+        error_report_create_and_send(period_end=NEXT_DAY)
+
+    assert ErrorReport.objects.get().text == stored.text != ""
