@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from celery import Celery
+from celery.beat import PersistentScheduler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broker.settings")
 
@@ -26,6 +27,18 @@ def _create_filesystem_spool(sender: Celery, **kwargs) -> None:
             folder = sender.conf.broker_transport_options.get(key)
             if folder:
                 Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+class Scheduler(PersistentScheduler):
+    """Beat's default scheduler, creating the folder of its schedule file first.
+
+    On a fresh checkout `var/` does not exist yet, and the stock scheduler dies opening the file
+    there (with `worker -B`, beat dies while the worker goes on, and nothing is scheduled).
+    """
+
+    def setup_schedule(self) -> None:
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
 
 
 def publish_safely(task, **kwargs) -> bool:

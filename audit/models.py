@@ -428,6 +428,18 @@ class ErrorReport(models.Model):
     emailed_at = models.DateTimeField(
         "emailed at", null=True, blank=True, help_text="When it was emailed to ALERT_EMAIL_TO."
     )
+    email_attempts = models.PositiveSmallIntegerField(
+        "email attempts", default=0, help_text="Tries to email it, successful or not."
+    )
+    email_retry_at = models.DateTimeField(
+        "email due at",
+        null=True,
+        blank=True,
+        help_text="When the minute sweep (re)tries the email; empty once sent or not to be sent.",
+    )
+    email_error = models.TextField(
+        "email error", blank=True, help_text="Why the last try to email it failed."
+    )
     created_at = models.DateTimeField(
         "created at", default=timezone.now, help_text="When the report was built."
     )
@@ -444,3 +456,17 @@ class ErrorReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.period_start:%Y-%m-%d %H:%M} – {self.period_end:%Y-%m-%d %H:%M}"
+
+
+class Heartbeat(models.Model):
+    """When a scheduled job last ran, so that /healthz can tell that beat or the worker stopped."""
+
+    name = models.CharField("name", max_length=64, primary_key=True, help_text="The job.")
+    beat_at = models.DateTimeField("last run", help_text="When the job last started (UTC).")
+
+    class Meta:
+        verbose_name = "heartbeat"
+        verbose_name_plural = "heartbeats"
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.beat_at:%Y-%m-%d %H:%M:%S}"

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 PERIODS = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": timedelta(weeks=1)}
 TOP_MESSAGES = 10
 MAX_ALERTS_LISTED = 50
+# How long the minute sweep keeps retrying a report's email before giving up.
+EMAIL_RETRY_FOR = timedelta(hours=24)
 SUCCESS = SessionAttempt.Outcome.SUCCESS
 ALERT_FIELDS = ("id", "rule", "severity", "status_code", "workflow_id", "count", "state")
 
@@ -263,7 +265,12 @@ def error_report_create_and_send(*, period_end: datetime | None = None) -> Error
         period_start=since, period_end=until, defaults={"data": data, "text": text}
     )
     if settings.ALERT_EMAIL_TO and report.emailed_at is None:
-        _email_once(report, data)
+        # Due now; if this process dies before the email goes out, the minute sweep sends it.
+        ErrorReport.objects.filter(pk=report.pk, email_retry_at__isnull=True).update(
+            email_retry_at=timezone.now()
+        )
+        error_report_email(report_id=report.pk)
+        report.refresh_from_db()
     return report
 
 
@@ -274,25 +281,69 @@ def error_report_admin_url(period_start: datetime) -> str:
     return f"{base}{reverse('admin:audit_errorreport_changelist')}?{query}"
 
 
-def _email_once(report: ErrorReport, data: dict) -> None:
+def error_report_email(*, report_id: int) -> bool:
+    """Email a stored report unless it was already sent; True if this call sent it.
+
+    The row lock makes two callers (the scheduled task and the sweep, say) send one email. A
+    failure is recorded on the row with the time of the next try, which the minute sweep honours:
+    1, 2, 4 … minutes apart, at most an hour, for EMAIL_RETRY_FOR after the report was built.
+    """
     with transaction.atomic():
-        locked = ErrorReport.objects.select_for_update().get(pk=report.pk)
-        if locked.emailed_at is not None:
-            report.emailed_at = locked.emailed_at
-            return
-        subject = (
-            f"ChatKit broker error report {report.period_start:%Y-%m-%d %H:%M} UTC: "
-            f"{data['errors']:,} errors, success rate {_percent(data['success_rate'])}"
-        )
-        # An explicit timeout: Django's SMTP backend waits forever by default.
-        connection_ = mail.get_connection(timeout=settings.EMAIL_TIMEOUT or 30)
-        mail.send_mail(
-            subject,
-            report.text,
-            settings.DEFAULT_FROM_EMAIL,
-            settings.ALERT_EMAIL_TO,
-            connection=connection_,
-        )
-        report.emailed_at = timezone.now()
-        ErrorReport.objects.filter(pk=report.pk).update(emailed_at=report.emailed_at)
-    logger.info("Emailed error report %s to %d addresses.", report.pk, len(settings.ALERT_EMAIL_TO))
+        report = ErrorReport.objects.select_for_update().get(pk=report_id)
+        if report.emailed_at is not None:
+            return False
+        report.email_attempts += 1
+        try:
+            _send(report)
+        except Exception as exc:  # noqa: BLE001 - SMTP, DNS, socket: all retried alike
+            report.email_error = f"{type(exc).__name__}: {exc}"[:2000]
+            report.email_retry_at = timezone.now() + email_retry_delay(report.email_attempts)
+            logger.warning(
+                "Could not email error report %s (try %d): %s; next try at %s.",
+                report.pk,
+                report.email_attempts,
+                report.email_error,
+                report.email_retry_at.isoformat(),
+            )
+        else:
+            report.emailed_at = timezone.now()
+            report.email_retry_at = None
+            report.email_error = ""
+            logger.info(
+                "Emailed error report %s to %d addresses.", report.pk, len(settings.ALERT_EMAIL_TO)
+            )
+        report.save(update_fields=["emailed_at", "email_attempts", "email_retry_at", "email_error"])
+    return report.emailed_at is not None
+
+
+def email_retry_delay(attempts: int) -> timedelta:
+    """After the nth failed try: 1, 2, 4, 8 … minutes, capped at an hour."""
+    return timedelta(minutes=min(2 ** (attempts - 1), 60))
+
+
+def error_reports_email_due() -> int:
+    """Send reports whose email is due (first try lost, or a retry); returns how many went out."""
+    if not settings.ALERT_EMAIL_TO:
+        return 0
+    now = timezone.now()
+    due = ErrorReport.objects.filter(
+        emailed_at__isnull=True, email_retry_at__lte=now, created_at__gte=now - EMAIL_RETRY_FOR
+    ).values_list("pk", flat=True)
+    return sum(error_report_email(report_id=pk) for pk in list(due))
+
+
+def _send(report: ErrorReport) -> None:
+    data = report.data
+    subject = (
+        f"ChatKit broker error report {report.period_start:%Y-%m-%d %H:%M} UTC: "
+        f"{data['errors']:,} errors, success rate {_percent(data['success_rate'])}"
+    )
+    # An explicit timeout: Django's SMTP backend waits forever by default.
+    connection_ = mail.get_connection(timeout=settings.EMAIL_TIMEOUT or 30)
+    mail.send_mail(
+        subject,
+        report.text,
+        settings.DEFAULT_FROM_EMAIL,
+        settings.ALERT_EMAIL_TO,
+        connection=connection_,
+    )

@@ -2,8 +2,9 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from audit.models import AttemptBacklog, SessionAttempt
+from audit.models import AttemptBacklog, Heartbeat, SessionAttempt
 from sessions_api.redaction import clean_text
 
 ERROR_MESSAGE_LIMIT = 2048
@@ -71,3 +72,7 @@ def session_attempt_record(
 
         alerts_evaluation_request()
     return attempt
+
+
+def heartbeat_record(*, name: str) -> None:
+    Heartbeat.objects.update_or_create(name=name, defaults={"beat_at": timezone.now()})

@@ -244,6 +244,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # (Celery 6's default, chosen now).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "celery_app:Scheduler"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 _REPORT_CRONTABS = {
     "hourly": {"minute": 5},

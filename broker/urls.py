@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import path, re_path
 
-from broker.views import health
+from broker.views import health, scheduler_health
 from sessions_api.apis import ChatKitSessionCreateApi
 
 session_create = ChatKitSessionCreateApi.as_view()
@@ -9,6 +9,7 @@ session_create = ChatKitSessionCreateApi.as_view()
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health, name="health"),
+    path("healthz/scheduler", scheduler_health, name="health-scheduler"),
     # The trailing slash is optional: APPEND_SLASH cannot redirect a POST without losing its body.
     re_path(r"^api/chatkit/session/?$", session_create, name="chatkit-session-create"),
     # The path from the integration guide this service grew out of, so frontends written from it

@@ -2,6 +2,7 @@
 
 from datetime import datetime, timedelta
 
+from audit.models import SessionAttempt
 from audit.services import session_attempt_record
 
 
@@ -13,9 +14,9 @@ def record_attempts(
     status: int | None = 401,
     outcome: str = "upstream_error",
     **extra,
-) -> None:
+) -> list[SessionAttempt]:
     """n attempts one second apart from `at`, each from its own anonymous browser."""
-    for i in range(n):
+    return [
         session_attempt_record(
             outcome=outcome,
             status_code=status,
@@ -27,3 +28,5 @@ def record_attempts(
             error_code="invalid_api_key" if status == 401 else "",
             **extra,
         )
+        for i in range(n)
+    ]

@@ -41,13 +41,6 @@ def test_ci_runs_on_postgresql():
     assert connection.vendor == "postgresql"
 
 
-@pytest.mark.django_db
-def test_health(client):
-    response = client.get("/healthz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
-
-
 def test_env_example_as_written_passes_manage_py_check(tmp_path):
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "OPENAI_", "CHATKIT_"))

@@ -19,6 +19,8 @@ EVALUATION_PENDING_KEY = "audit:alerts:evaluation-pending"
 # If that evaluation is lost (worker crash, Redis blip), the key expires and the next failure
 # asks again; the minute sweep covers the gap.
 EVALUATION_PENDING_TTL = 30
+# The heartbeat the minute sweep records; /healthz reports it.
+SWEEP_HEARTBEAT = "alerts_sweep"
 
 
 def alerts_evaluation_request() -> None:
@@ -52,11 +54,26 @@ def alerts_evaluate_now() -> None:
 
 
 def alerts_sweep() -> None:
-    """The minute sweep: statistics, rules, and deliveries whose task was lost."""
+    """The minute sweep: statistics, rules, deliveries whose task was lost, unsent reports.
+
+    It first records a heartbeat, which /healthz reports when it goes stale (beat or the worker
+    stopped). Each step runs even when an earlier one fails; the first failure is raised at the
+    end so the task still shows as failed.
+    """
     from audit.alerting.engine import alerts_evaluate
     from audit.alerting.notify import notifications_redeliver
+    from audit.reports import error_reports_email_due
+    from audit.services import heartbeat_record
     from audit.stats import attempt_stats_aggregate
 
-    attempt_stats_aggregate()
-    alerts_evaluate()
-    notifications_redeliver()
+    heartbeat_record(name=SWEEP_HEARTBEAT)
+    failure = None
+    steps = (attempt_stats_aggregate, alerts_evaluate, notifications_redeliver)
+    for step in (*steps, error_reports_email_due):
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - one broken step must not stop the others
+            logger.exception("Sweep step %s failed; the other steps still run.", step.__name__)
+            failure = failure or exc
+    if failure is not None:
+        raise failure

@@ -9,10 +9,18 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.db import connection
+from django.utils import timezone
 
 from audit import alerting
 from audit.alerting.engine import alerts_evaluate
-from audit.models import Alert, AlertNotification, AlertSilence
+from audit.models import (
+    Alert,
+    AlertNotification,
+    AlertSilence,
+    AttemptMinuteStat,
+    ErrorReport,
+    Heartbeat,
+)
 from audit.services import session_attempt_record
 from tests.factories import record_attempts
 
@@ -308,3 +316,28 @@ def test_a_lost_enqueue_does_not_block_the_next_request(
     with django_capture_on_commit_callbacks(execute=True):
         alerting.alerts_evaluation_request()
     assert cache.get(alerting.EVALUATION_PENDING_KEY) is None
+
+
+def test_a_failing_sweep_step_does_not_stop_the_others(monkeypatch, settings, mailoutbox):
+    attempts(3, at=timezone.now() - timedelta(seconds=10))
+    report = ErrorReport.objects.create(
+        period_start=T0,
+        period_end=T0 + timedelta(days=1),
+        data={"errors": 0, "success_rate": 1.0},
+        text="report",
+        email_retry_at=timezone.now(),
+    )
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+
+    def broken(**kwargs):
+        raise RuntimeError("redelivery broke")
+
+    monkeypatch.setattr("audit.alerting.notify.notifications_redeliver", broken)
+    with pytest.raises(RuntimeError, match="redelivery broke"):
+        alerting.alerts_sweep()
+
+    assert Heartbeat.objects.filter(name=alerting.SWEEP_HEARTBEAT).exists()
+    assert AttemptMinuteStat.objects.exists()  # aggregated
+    assert Alert.objects.filter(rule="upstream_auth").exists()  # evaluated
+    report.refresh_from_db()
+    assert report.emailed_at is not None and len(mailoutbox) == 1  # and the report went out

@@ -1,17 +1,23 @@
 import json
+import socket
 from datetime import UTC, datetime, timedelta
 from io import StringIO
+from unittest import mock
 
 import pytest
+import time_machine
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from audit.models import Alert, ErrorReport
 from audit.reports import (
+    EMAIL_RETRY_FOR,
+    email_retry_delay,
     error_report_build,
     error_report_create_and_send,
     error_report_period,
     error_report_render_text,
+    error_reports_email_due,
 )
 from audit.services import session_attempt_record
 
@@ -319,3 +325,100 @@ def test_a_failing_rebuild_keeps_the_stored_report(known_day, settings, monkeypa
         error_report_create_and_send(period_end=NEXT_DAY)
 
     assert ErrorReport.objects.get().text == stored.text != ""
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_down(settings):
+    """A real SMTP backend pointed at a port where nothing listens."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", closed_port()
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_TIMEOUT = 2
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+
+
+def smtp_back(settings) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+def test_a_failed_email_is_retried_by_the_sweep_with_backoff(smtp_down, settings, mailoutbox):
+    healthy_day()
+    built = NEXT_DAY + timedelta(minutes=15)
+    with time_machine.travel(built, tick=False):
+        report = error_report_create_and_send(period_end=built)
+
+    assert report.emailed_at is None and report.email_attempts == 1
+    assert report.email_error.startswith("ConnectionRefusedError")
+    assert report.email_retry_at == built + timedelta(minutes=1)
+
+    # Still failing a minute later: the next try waits twice as long.
+    with time_machine.travel(built + timedelta(minutes=1), tick=False):
+        assert error_reports_email_due() == 0
+    report.refresh_from_db()
+    assert report.email_attempts == 2
+    assert report.email_retry_at == built + timedelta(minutes=3)
+
+    smtp_back(settings)
+    with time_machine.travel(built + timedelta(minutes=2, seconds=59), tick=False):
+        assert error_reports_email_due() == 0  # not due yet
+    assert not mailoutbox
+    with time_machine.travel(built + timedelta(minutes=3), tick=False):
+        assert error_reports_email_due() == 1
+        assert error_reports_email_due() == 0  # sent once
+    report.refresh_from_db()
+    assert report.emailed_at == built + timedelta(minutes=3)
+    assert (report.email_retry_at, report.email_error, report.email_attempts) == (None, "", 3)
+    assert [message.body for message in mailoutbox] == [report.text]
+
+
+@pytest.mark.parametrize(
+    ("failures", "delay"), [(1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (8, 60), (20, 60)]
+)
+def test_email_retry_delay_doubles_up_to_an_hour(failures, delay):
+    assert email_retry_delay(failures) == timedelta(minutes=delay)
+
+
+def test_the_sweep_gives_up_a_day_after_the_report(smtp_down, settings, mailoutbox):
+    healthy_day()
+    built = NEXT_DAY + timedelta(minutes=15)
+    with time_machine.travel(built, tick=False):
+        error_report_create_and_send(period_end=built)
+    smtp_back(settings)
+
+    with time_machine.travel(built + EMAIL_RETRY_FOR + timedelta(seconds=1), tick=False):
+        assert error_reports_email_due() == 0
+    with time_machine.travel(built + EMAIL_RETRY_FOR, tick=False):
+        assert error_reports_email_due() == 1
+    assert len(mailoutbox) == 1
+
+
+def test_the_sweep_sends_a_report_whose_first_try_never_happened(settings, mailoutbox):
+    """The worker died between storing the report and emailing it."""
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+    healthy_day()
+    with mock.patch("audit.reports.error_report_email"):
+        report = error_report_create_and_send(period_end=NEXT_DAY)
+    assert not mailoutbox and report.email_retry_at is not None
+
+    assert error_reports_email_due() == 1
+    assert len(mailoutbox) == 1
+
+
+def test_the_sweep_leaves_reports_alone_without_recipients(settings, mailoutbox):
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = []
+    healthy_day()
+    report = error_report_create_and_send(period_end=NEXT_DAY)
+    assert report.email_retry_at is None
+
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+    assert error_reports_email_due() == 0  # never due: it was built with nobody to send it to
+    assert not mailoutbox
