@@ -57,12 +57,13 @@ _SETTINGS_POSTGRESQL = """
 
 # Each minute is a created_at range, never a truncation of created_at, so the scan follows the
 # created_at index and reads only the rows of the claimed minutes. Status 0 stands for "no
-# upstream answer" because NULLs never conflict in the unique constraint.
+# upstream answer" because NULLs never conflict in the unique constraint. A blank user_ref (a
+# caller refused before it had an identity) is nobody, so it counts as no user.
 _RECOMPUTE_POSTGRESQL = """
     INSERT INTO audit_attemptminutestat
         (minute, workflow_id, outcome, status_code, error_code, attempts, users)
     SELECT m.minute, a.workflow_id, a.outcome, COALESCE(a.status_code, 0), a.error_code,
-           COUNT(*), COUNT(DISTINCT a.user_ref)
+           COUNT(*), COUNT(DISTINCT NULLIF(a.user_ref, ''))
     FROM unnest(%s::timestamptz[]) AS m(minute)
     JOIN audit_sessionattempt a
       ON a.created_at >= m.minute AND a.created_at < m.minute + interval '1 minute'
@@ -80,7 +81,7 @@ _RECOMPUTE_SQLITE = """
     INSERT INTO audit_attemptminutestat
         (minute, workflow_id, outcome, status_code, error_code, attempts, users)
     SELECT m.value, a.workflow_id, a.outcome, COALESCE(a.status_code, 0), a.error_code,
-           COUNT(*), COUNT(DISTINCT a.user_ref)
+           COUNT(*), COUNT(DISTINCT NULLIF(a.user_ref, ''))
     FROM json_each(%s) AS m
     JOIN audit_sessionattempt a
       ON a.created_at >= m.value

@@ -24,9 +24,16 @@ def record_attempts(
             user_ref=f"anon_{i}",
             anonymous=True,
             started_at=at + timedelta(seconds=i),
-            error_message="Incorrect API key provided: sk-[REDACTED]",
-            error_code="invalid_api_key" if status == 401 else "",
-            **extra,
+            **{**_error_fields(outcome, status), **extra},
         )
         for i in range(n)
     ]
+
+
+def _error_fields(outcome: str, status: int | None) -> dict:
+    if outcome == "success":
+        return {}
+    return {
+        "error_message": "Incorrect API key provided: sk-[REDACTED]",
+        "error_code": "invalid_api_key" if status == 401 else "",
+    }

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.db.models.functions import Coalesce, TruncMinute
 
 from audit import stats
@@ -42,7 +42,7 @@ def from_scratch() -> set[tuple]:
             minute=TruncMinute("created_at"), status=Coalesce("status_code", 0)
         )
         .values("minute", "workflow_id", "outcome", "status", "error_code")
-        .annotate(n=Count("id"), users=Count("user_ref", distinct=True))
+        .annotate(n=Count("id"), users=Count("user_ref", distinct=True, filter=~Q(user_ref="")))
         .values_list("minute", "workflow_id", "outcome", "status", "error_code", "n", "users")
     )
     return set(rows)
@@ -67,6 +67,26 @@ def test_counts_and_distinct_users_per_minute():
     assert not AttemptBacklog.objects.exists()
     # The stored minute is what the ORM writes and looks up, on every database.
     assert AttemptMinuteStat.objects.filter(minute=m1).count() == 1
+
+
+def test_blank_user_refs_are_not_users():
+    """Callers refused before they had an identity are recorded with user_ref=""."""
+    for second in range(5):
+        failure(T0 + timedelta(seconds=second), user_ref="", status_code=None, error_code="")
+    record(T0 + timedelta(seconds=10), user_ref="anon_1")
+    record(T0 + timedelta(seconds=11), user_ref="anon_2")
+    record(T0 + timedelta(seconds=12), user_ref="")
+    record(T0 + timedelta(minutes=1), user_ref="")
+
+    attempt_stats_aggregate()
+
+    m1 = T0 + timedelta(minutes=1)
+    assert table() == {
+        (T0, WF, "upstream_error", 0, "", 5, 0),
+        (T0, WF, "success", 200, "", 3, 2),
+        (m1, WF, "success", 200, "", 1, 0),
+    }
+    assert table() == from_scratch()
 
 
 def test_running_again_changes_nothing():
