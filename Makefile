@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench lint clean
+.PHONY: run test mutate bench lint clean
 
 $(VENV)/.installed: requirements/base.txt requirements/prod.txt requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ run: $(VENV)/.installed
 ## Set everything up and run the whole test suite.
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+## Mutation testing, each module against its own tests (docs/testing.md); MODULE=path for one.
+MODULE ?=
+mutate: $(VENV)/.installed
+	$(PY) scripts/mutate.py $(MODULE)
 
 ## Benchmarks (need local PostgreSQL and Redis); results go in docs/benchmarks.md.
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
