@@ -14,11 +14,20 @@ from sessions_api.redaction import clean_text, redact
         ),
         ("api_key%3Dsk-abcdef123", "api_key%3Dsk-[REDACTED]"),
         ("sk-short", "sk-short"),
+        ("sk-abcdef", "sk-[REDACTED]"),  # the shortest that counts: six characters after "sk-"
+        ("sk-abcd.", "sk-abcd."),
         ("secret ek_6899a0c1d2e3f4a5b6c7_d8e9", "secret ek_[REDACTED]"),
         ("ek_short", "ek_short"),
+        ("ek_abcdefghij", "ek_[REDACTED]"),  # the shortest that counts: ten after "ek_"
+        ("ek_abcdefghi", "ek_abcdefghi"),
+        ("xek_4f1c9a7e2b5d8c3f", "xek_[REDACTED]"),
         ("Authorization: Bearer abc.def-ghi", "Authorization: Bearer [REDACTED]"),
         ('{"auth": "bearer xyz123"}', '{"auth": "bearer [REDACTED]"}'),
         ("Bearer sk-abcdef123456", "Bearer [REDACTED]"),
+        ("BEARER abc, then more", "BEARER [REDACTED], then more"),
+        ("Bearer", "Bearer"),
+        ("", ""),
+        ("Grüße aus Köln, 東京 → ok", "Grüße aus Köln, 東京 → ok"),
         ("nothing to hide here", "nothing to hide here"),
     ],
 )
@@ -33,6 +42,12 @@ def test_redact_exact_secrets_first_and_longest_first():
     )
 
 
+def test_redact_replaces_a_secret_that_contains_another_whole():
+    # Sorted by length, not by text: "9f2c" sorts after "x9f2c" and would leave an "x" behind.
+    assert redact("password=x9f2c", ["9f2c", "x9f2c"]) == "password=[REDACTED]"
+    assert redact("password=x9f2c", ["x9f2c", "9f2c"]) == "password=[REDACTED]"
+
+
 def test_redact_is_idempotent():
     once = redact("Bearer sk-abcdef123456 ek_abcdefghijklmnop", ["alice"])
     assert redact(once, ["alice"]) == once
@@ -42,10 +57,28 @@ def test_clean_text_replaces_line_breaks_and_control_characters():
     assert clean_text("a\r\nb\tc\x00d\x1be\u2028f") == "a  b c d e f"
 
 
+@pytest.mark.parametrize(
+    "character",
+    ["\x00", "\x1f", "\x7f", "\x80", "\x85", "\x9b", "\x9f", "\u2028", "\u2029"],
+    ids=["NUL", "US", "DEL", "PAD", "NEL", "CSI", "APC", "LS", "PS"],
+)
+def test_clean_text_replaces_c1_controls_and_unicode_line_separators(character):
+    # NEL, LS and PS end a line for many log viewers; CSI starts a terminal escape sequence.
+    assert clean_text(f"ok{character}forged: admin logged in") == "ok forged: admin logged in"
+
+
+def test_clean_text_keeps_printable_text_next_to_the_control_ranges():
+    text = "~ \xa0 é ü 東京 \u2027 ✓"  # "~" is \x7e, right below DEL; NBSP right above C1
+    assert clean_text(text) == text
+    assert clean_text("") == ""
+
+
 def test_clean_text_truncates_with_an_ellipsis():
     assert clean_text("x" * 10, limit=10) == "x" * 10
     assert clean_text("x" * 11, limit=10) == "x" * 9 + "…"
     assert len(clean_text("y" * 5000)) == 2048
+    assert clean_text("y" * 2048) == "y" * 2048
+    assert clean_text("xy", limit=1) == "…"
 
 
 def test_clean_text_redacts_before_truncating():
