@@ -2,18 +2,15 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import Error, register
-from django.core.exceptions import ImproperlyConfigured
 
-from audit.alerting.rules import alert_rules
+from audit.alerting.rules import alert_rules_resolve
 
 
 @register()
 def alerting_settings_check(app_configs=None, **kwargs) -> list:
     messages = []
-    try:
-        alert_rules()
-    except ImproperlyConfigured as exc:
-        messages.append(Error(str(exc), id="audit.E001"))
+    _, errors = alert_rules_resolve()
+    messages += [Error(error, id="audit.E001") for error in errors]
     url = settings.ALERT_WEBHOOK_URL
     if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
         messages.append(Error(f"ALERT_WEBHOOK_URL {url!r} is not an http(s) URL.", id="audit.E002"))

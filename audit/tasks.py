@@ -33,8 +33,9 @@ def alert_notification_deliver(self, notification_id: int) -> None:
     try:
         notification_deliver(notification_id=notification_id)
     except NotificationDeliveryError as exc:
-        # 5 s, 10 s, 20 s … capped at 10 minutes, with jitter so retries do not march in step.
-        raise self.retry(exc=exc, countdown=exc.retry_in(self.request.retries)) from exc
+        # 5 s, 10 s, 20 s … capped at 10 minutes, with jitter so retries do not march in step;
+        # the same delay the row's claim was given, so the retry can claim it when it arrives.
+        raise self.retry(exc=exc, countdown=exc.countdown) from exc
 
 
 @shared_task(soft_time_limit=300, time_limit=360)

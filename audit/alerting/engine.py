@@ -14,6 +14,7 @@ that a small range scan), so a window is exact to the second rather than to the 
 """
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,6 +26,8 @@ from django.utils import timezone
 from audit.alerting.notify import notifications_create
 from audit.alerting.rules import AlertRule, alert_rules
 from audit.models import Alert, AlertNotification, AlertSilence, SessionAttempt
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_SIZE = 5
 
@@ -44,13 +47,20 @@ def fingerprint(rule: AlertRule, workflow_id: str, status_code: int | None) -> s
 
 
 def alerts_evaluate(*, now: datetime | None = None) -> list[AlertNotification]:
-    """Evaluate every enabled rule once; returns the notifications it queued."""
+    """Evaluate every rule once; returns the notifications it queued.
+
+    Each rule runs in its own transaction, and one that fails is logged and skipped: the
+    others still fire and resolve.
+    """
     now = now or timezone.now()
     silenced = set(AlertSilence.objects.filter(until__gt=now).values_list("rule", flat=True))
     queued = []
     for rule in alert_rules():
-        if rule.enabled:
-            queued += _rule_evaluate(rule, now=now, silenced=rule.name in silenced)
+        evaluate = _rule_evaluate if rule.enabled else _rule_disabled
+        try:
+            queued += evaluate(rule, now=now, silenced=rule.name in silenced)
+        except Exception:  # noqa: BLE001 - one broken rule must not stop the others
+            logger.exception("Alert rule %s failed; the other rules were evaluated.", rule.name)
     return queued
 
 
@@ -68,7 +78,17 @@ def _rule_evaluate(rule: AlertRule, *, now: datetime, silenced: bool) -> list[Al
             queued += _alert_update(rule, alert, match, now=now, silenced=silenced)
         for key, alert in open_alerts.items():
             if key not in matches:
-                queued += _alert_quiet(alert, now=now)
+                queued += _alert_quiet(alert, now=now, silenced=silenced)
+        return queued
+
+
+def _rule_disabled(rule: AlertRule, *, now: datetime, silenced: bool) -> list[AlertNotification]:
+    """A rule switched off closes its open incidents, or they would stay firing forever."""
+    with transaction.atomic():
+        _lock(rule)
+        queued = []
+        for alert in Alert.objects.filter(rule=rule.name, state=Alert.State.FIRING):
+            queued += _alert_resolve(alert, now=now, silenced=silenced, reason="rule_disabled")
         return queued
 
 
@@ -84,13 +104,51 @@ def _lock(rule: AlertRule) -> None:
 
 
 def _matches(rule: AlertRule, *, now: datetime) -> list[Match]:
-    window = SessionAttempt.objects.filter(
-        created_at__gt=now - timedelta(seconds=rule.window_seconds), created_at__lte=now
+    """Keys whose condition holds in the window.
+
+    A key whose previous incident resolved inside the window counts only attempts after that
+    resolution: the attempts of a closed incident must not open the next one (with a ratio rule
+    they could, once other attempts leave the window and the ratio rises again).
+    """
+    start = now - timedelta(seconds=rule.window_seconds)
+    resolved = (
+        Alert.objects.filter(rule=rule.name, state=Alert.State.RESOLVED, resolved_at__gt=start)
+        .values("workflow_id", "status_code")
+        .annotate(last=Max("resolved_at"))
+        .order_by()
     )
+    resolutions = {(row["workflow_id"], row["status_code"]): row["last"] for row in resolved}
+    found = {
+        (m.workflow_id, m.status_code): m
+        for m in _counted(rule, start=start, now=now)
+        if (m.workflow_id, m.status_code) not in resolutions
+    }
+    for (workflow_id, status_code), resolved_at in resolutions.items():
+        for m in _counted(
+            rule, start=resolved_at, now=now, workflow_id=workflow_id, status_code=status_code
+        ):
+            found[(m.workflow_id, m.status_code)] = m
+    return list(found.values())
+
+
+def _counted(
+    rule: AlertRule,
+    *,
+    start: datetime,
+    now: datetime,
+    workflow_id: str | None = None,
+    status_code: int | None = None,
+) -> list[Match]:
+    """Keys with at least the threshold (and ratio) of matching attempts in (start, now]."""
+    window = SessionAttempt.objects.filter(created_at__gt=start, created_at__lte=now)
+    if workflow_id is not None:
+        window = window.filter(workflow_id=workflow_id)
+    matching = window.filter(rule.matches())
+    if rule.per_status and status_code is not None:
+        matching = matching.filter(status_code=status_code)
     keys = ["workflow_id", "status_code"] if rule.per_status else ["workflow_id"]
     rows = (
-        window.filter(rule.matches())
-        .values(*keys)
+        matching.values(*keys)
         .annotate(n=Count("id"), first=Min("created_at"), last=Max("created_at"))
         .order_by()
     )
@@ -160,16 +218,26 @@ def _repeat_due(alert: Alert, *, now: datetime) -> bool:
     return now - alert.last_notified_at >= interval
 
 
-def _alert_quiet(alert: Alert, *, now: datetime) -> list[AlertNotification]:
+def _alert_quiet(alert: Alert, *, now: datetime, silenced: bool) -> list[AlertNotification]:
     if alert.condition_false_since is None:
         alert.condition_false_since = now
         alert.save(update_fields=["condition_false_since"])
         return []
     if now - alert.condition_false_since < timedelta(seconds=settings.ALERT_QUIET_PERIOD_SECONDS):
         return []
+    return _alert_resolve(alert, now=now, silenced=silenced, reason="quiet")
+
+
+def _alert_resolve(
+    alert: Alert, *, now: datetime, silenced: bool, reason: str
+) -> list[AlertNotification]:
     alert.state = Alert.State.RESOLVED
     alert.resolved_at = now
     alert.save(update_fields=["state", "resolved_at"])
-    if alert.notifications_sent == 0:
-        return []  # nobody was told it fired (silenced or acknowledged at once)
-    return notifications_create(alert, event=AlertNotification.Event.RESOLVED, sequence=0)
+    # Nobody hears "resolved" while the rule is silenced, nor about an incident nobody was told
+    # of (silenced or acknowledged at once).
+    if silenced or alert.notifications_sent == 0:
+        return []
+    return notifications_create(
+        alert, event=AlertNotification.Event.RESOLVED, sequence=0, resolved_reason=reason
+    )

@@ -31,10 +31,21 @@ CLAIM_SECONDS = 120
 MAX_ATTEMPTS = 8
 
 
+# The row's "not before" is this much earlier than the retry task's ETA, so that a task run a
+# moment early (timer rounding) still finds the row claimable.
+RETRY_MARGIN_SECONDS = 1
+
+
 class NotificationDeliveryError(Exception):
-    def retry_in(self, retries: int) -> int:
-        """Seconds before the next try: 5, 10, 20 … capped at 10 minutes, jittered."""
-        return int(min(5 * 2**retries, 600) * random.uniform(0.8, 1.2))
+    def __init__(self, message: str, *, countdown: int) -> None:
+        super().__init__(message)
+        self.countdown = countdown
+        """Seconds until the retry: the task's countdown and the row's claim use this one value."""
+
+
+def retry_delay(failures: int) -> int:
+    """Seconds before the next try after the nth failure: 5, 10, 20 … at most 10 minutes, ±20 %."""
+    return int(min(5 * 2 ** (failures - 1), 600) * random.uniform(0.8, 1.2))
 
 
 def channels() -> list[str]:
@@ -46,11 +57,18 @@ def channels() -> list[str]:
     return enabled
 
 
-def notifications_create(alert: Alert, *, event: str, sequence: int) -> list[AlertNotification]:
-    """Queue one notification per channel; a second call for the same event changes nothing."""
+def notifications_create(
+    alert: Alert, *, event: str, sequence: int, resolved_reason: str | None = None
+) -> list[AlertNotification]:
+    """Queue one notification per channel; a second call for the same event changes nothing.
+
+    resolved_reason says why a resolved incident closed: "quiet" or "rule_disabled".
+    """
     from audit.tasks import alert_notification_deliver
 
-    payload = notification_payload(alert, event=event, sequence=sequence)
+    payload = notification_payload(
+        alert, event=event, sequence=sequence, resolved_reason=resolved_reason
+    )
     created = []
     for channel in channels():
         notification, new = AlertNotification.objects.get_or_create(
@@ -66,7 +84,9 @@ def notifications_create(alert: Alert, *, event: str, sequence: int) -> list[Ale
     return created
 
 
-def notification_payload(alert: Alert, *, event: str, sequence: int) -> dict:
+def notification_payload(
+    alert: Alert, *, event: str, sequence: int, resolved_reason: str | None = None
+) -> dict:
     base = settings.ALERT_ADMIN_BASE_URL.rstrip("/")
     audit_filter = {"created_at__gte": alert.first_seen.isoformat()}
     if alert.workflow_id:
@@ -78,7 +98,9 @@ def notification_payload(alert: Alert, *, event: str, sequence: int) -> dict:
     )
     alert_url = base + reverse("admin:audit_alert_change", args=[alert.pk])
     payload = {
-        "id": f"{alert.fingerprint}:{event}:{sequence}",
+        # Unique per incident: the fingerprint alone repeats for every incident of a rule and
+        # key, and receivers drop repeats by this id.
+        "id": f"{alert.fingerprint}:{alert.pk}:{event}:{sequence}",
         "status": event,
         "rule": alert.rule,
         "severity": alert.severity,
@@ -93,6 +115,7 @@ def notification_payload(alert: Alert, *, event: str, sequence: int) -> dict:
         "first_seen": alert.first_seen.isoformat(),
         "last_seen": alert.last_seen.isoformat(),
         "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+        "resolved_reason": resolved_reason,
         "fingerprint": alert.fingerprint,
         "sample_attempt_ids": alert.sample_attempt_ids,
         "repeat": sequence if event == AlertNotification.Event.FIRING else None,
@@ -109,7 +132,12 @@ def notification_text(payload: dict) -> str:
     where = f" on {payload['workflow_id']}" if payload["workflow_id"] else ""
     minutes = payload["window_seconds"] // 60
     if payload["status"] == AlertNotification.Event.RESOLVED:
-        return f"[RESOLVED] {payload['rule']}: {what}{where} is quiet again. {payload['alert_url']}"
+        why = (
+            "closed: the rule was disabled"
+            if payload["resolved_reason"] == "rule_disabled"
+            else "is quiet again"
+        )
+        return f"[RESOLVED] {payload['rule']}: {what}{where} {why}. {payload['alert_url']}"
     sample = f' Sample: "{payload["sample_message"][:200]}"' if payload["sample_message"] else ""
     return (
         f"[{payload['severity'].upper()}] {payload['rule']}: {what}{where}, "
@@ -134,14 +162,16 @@ def notification_deliver(*, notification_id: int) -> bool:
     try:
         _send(notification)
     except Exception as exc:  # noqa: BLE001 - every channel failure is retried the same way
-        error = NotificationDeliveryError(f"{type(exc).__name__}: {exc}")
+        countdown = retry_delay(notification.attempts)
+        error = NotificationDeliveryError(f"{type(exc).__name__}: {exc}", countdown=countdown)
         gave_up = notification.attempts >= MAX_ATTEMPTS
         notification.status = (
             AlertNotification.Status.FAILED if gave_up else AlertNotification.Status.PENDING
         )
-        # The claim becomes "not before": the sweep leaves it alone until the retry is due.
+        # The claim becomes "not before": the sweep leaves it alone until the retry is due, and
+        # the retry task, due a moment later, can claim it.
         notification.claimed_until = timezone.now() + timedelta(
-            seconds=error.retry_in(notification.attempts - 1)
+            seconds=countdown - RETRY_MARGIN_SECONDS
         )
         notification.last_error = str(error)[:2000]
         notification.save(update_fields=["status", "claimed_until", "last_error"])

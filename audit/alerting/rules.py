@@ -1,13 +1,15 @@
 """The alert rules: defaults in code, overridable by name from settings.ALERT_RULES."""
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q
 
 from audit.models import Alert, SessionAttempt
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,25 +76,72 @@ DEFAULT_RULES = (
     ),
 )
 
-OVERRIDABLE = {"threshold", "window_seconds", "min_ratio", "severity", "enabled"}
+
+def _whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def alert_rules() -> list[AlertRule]:
-    """The rules in force: the defaults with settings.ALERT_RULES applied by name."""
+def _ratio(value) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return value is None or (number and 0 < value <= 1)
+
+
+# What each overridable field accepts, and how to say so. JSON gives "5" as easily as 5, and a
+# string threshold would only fail at the first comparison, in the middle of a sweep.
+OVERRIDABLE = {
+    "threshold": (_whole_number, "a whole number ≥ 1"),
+    "window_seconds": (_whole_number, "a whole number of seconds ≥ 1"),
+    "min_ratio": (_ratio, "a number in (0, 1] or null"),
+    "severity": (lambda value: value in Alert.Severity.values, f"one of {Alert.Severity.values}"),
+    "enabled": (lambda value: isinstance(value, bool), "true or false"),
+}
+
+
+def alert_rules_resolve() -> tuple[list[AlertRule], list[str]]:
+    """The defaults with settings.ALERT_RULES applied by name, and what is wrong with it.
+
+    A rule whose override is invalid is left out rather than run with a guess: the system check
+    reports every error, but a worker never runs the checks, and the other rules must go on.
+    """
     overrides = settings.ALERT_RULES or {}
     by_name = {rule.name: rule for rule in DEFAULT_RULES}
+    if not isinstance(overrides, dict):
+        return list(DEFAULT_RULES), [
+            f"ALERT_RULES must be an object of rule names, not {type(overrides).__name__}."
+        ]
+    errors = []
     unknown = set(overrides) - set(by_name)
     if unknown:
-        raise ImproperlyConfigured(
+        errors.append(
             f"ALERT_RULES names unknown rules {sorted(unknown)}; known: {sorted(by_name)}."
         )
     rules = []
     for name, rule in by_name.items():
-        changes = overrides.get(name, {})
-        bad = set(changes) - OVERRIDABLE
-        if bad:
-            raise ImproperlyConfigured(
-                f"ALERT_RULES[{name!r}] sets {sorted(bad)}; allowed: {sorted(OVERRIDABLE)}."
-            )
-        rules.append(dataclasses.replace(rule, **changes))
+        problems = _override_problems(name, overrides.get(name, {}))
+        if problems:
+            errors += problems
+        else:
+            rules.append(dataclasses.replace(rule, **overrides.get(name, {})))
+    return rules, errors
+
+
+def _override_problems(name: str, changes) -> list[str]:
+    where = f"ALERT_RULES[{name!r}]"
+    if not isinstance(changes, dict):
+        return [f'{where} must be an object such as {{"threshold": 5}}, not {changes!r}.']
+    bad = set(changes) - set(OVERRIDABLE)
+    if bad:
+        return [f"{where} sets {sorted(bad)}; allowed: {sorted(OVERRIDABLE)}."]
+    return [
+        f"{where}: {field} must be {expected}, not {changes[field]!r}."
+        for field, (valid, expected) in OVERRIDABLE.items()
+        if field in changes and not valid(changes[field])
+    ]
+
+
+def alert_rules() -> list[AlertRule]:
+    """The rules in force; a rule with an invalid override is skipped, and logged."""
+    rules, errors = alert_rules_resolve()
+    for error in errors:
+        logger.error("Invalid alert configuration: %s", error)
     return rules

@@ -341,3 +341,138 @@ def test_a_failing_sweep_step_does_not_stop_the_others(monkeypatch, settings, ma
     assert Alert.objects.filter(rule="upstream_auth").exists()  # evaluated
     report.refresh_from_db()
     assert report.emailed_at is not None and len(mailoutbox) == 1  # and the report went out
+
+
+def test_each_incident_has_its_own_payload_ids():
+    """Receivers drop repeats by id: a later incident of the same rule and key is not a repeat."""
+    attempts(3)
+    first = alerts_evaluate(now=T0 + timedelta(minutes=1))
+    alerts_evaluate(now=T0 + timedelta(minutes=6))
+    resolved = alerts_evaluate(now=T0 + timedelta(minutes=16))
+    attempts(3, at=T0 + timedelta(minutes=20))
+    second = alerts_evaluate(now=T0 + timedelta(minutes=21))
+
+    ids = [n.payload["id"] for n in (*first, *resolved, *second) if n.channel == "webhook"]
+    assert len(ids) == len(set(ids)) == 3
+    old, new = Alert.objects.order_by("id")
+    assert old.fingerprint == new.fingerprint  # same rule and key…
+    assert ids[0] != ids[2]  # …different incidents
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"upstream_rejected": {"threshold": "5"}}, "threshold must be a whole number ≥ 1"),
+        ({"upstream_rejected": {"threshold": 0}}, "threshold must be a whole number ≥ 1"),
+        ({"upstream_auth": {"threshold": True}}, "threshold must be a whole number ≥ 1"),
+        ({"upstream_auth": {"window_seconds": 2.5}}, "window_seconds must be a whole number"),
+        ({"upstream_rejected": {"min_ratio": "0.2"}}, "min_ratio must be a number in (0, 1]"),
+        ({"upstream_rejected": {"min_ratio": 1.5}}, "min_ratio must be a number in (0, 1]"),
+        ({"upstream_auth": {"severity": "loud"}}, "severity must be one of"),
+        ({"upstream_auth": {"enabled": "false"}}, "enabled must be true or false"),
+        ({"upstream_auth": 5}, "ALERT_RULES['upstream_auth'] must be an object"),
+        (["upstream_auth"], "ALERT_RULES must be an object"),
+    ],
+)
+def test_mistyped_rule_overrides_fail_the_system_check(settings, rules, message):
+    settings.ALERT_RULES = rules
+    with pytest.raises(SystemCheckError, match="audit.E001") as failure:
+        call_command("check")
+    assert message in str(failure.value)
+
+
+def test_a_misconfigured_rule_does_not_stop_the_others(settings, caplog):
+    """The check refuses bad values, but a worker started without it must still alert."""
+    settings.ALERT_RULES = {"upstream_rejected": {"threshold": "5"}, "upstream_auth": 5}
+    attempts(3, status=404)
+    attempts(20, status=400)
+
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+
+    # The 404 rule still fires; the two broken rules are skipped and say why.
+    assert set(Alert.objects.values_list("rule", flat=True)) == {"upstream_workflow_not_found"}
+    assert "ALERT_RULES['upstream_rejected']" in caplog.text
+    assert "ALERT_RULES['upstream_auth']" in caplog.text
+
+
+def test_a_rule_that_fails_to_evaluate_does_not_stop_the_others(monkeypatch, caplog):
+    from audit.alerting import engine
+
+    real = engine._matches
+
+    def broken_for_auth(rule, **kwargs):
+        if rule.name == "upstream_auth":
+            raise RuntimeError("boom")
+        return real(rule, **kwargs)
+
+    monkeypatch.setattr(engine, "_matches", broken_for_auth)
+    attempts(3, status=401)
+    attempts(3, status=404)
+
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+
+    assert set(Alert.objects.values_list("rule", flat=True)) == {"upstream_workflow_not_found"}
+    assert "Alert rule upstream_auth failed" in caplog.text
+
+
+def test_disabling_a_rule_resolves_its_open_incidents_once(settings):
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    attempts(3, at=T0 + timedelta(minutes=2))
+
+    settings.ALERT_RULES = {"upstream_auth": {"enabled": False}}
+    queued = alerts_evaluate(now=T0 + timedelta(minutes=3))
+
+    alert = Alert.objects.get()
+    assert (alert.state, alert.resolved_at) == ("resolved", T0 + timedelta(minutes=3))
+    [webhook] = [n for n in queued if n.channel == "webhook"]
+    assert webhook.payload["status"] == "resolved"
+    assert webhook.payload["resolved_reason"] == "rule_disabled"
+    assert "the rule was disabled" in webhook.payload["text"]
+    assert alerts_evaluate(now=T0 + timedelta(minutes=4)) == []
+    assert firing_events() == [("firing", 0), ("resolved", 0)]
+
+
+def test_a_silenced_rule_resolves_without_telling_anyone():
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))  # fired and notified
+    AlertSilence.objects.create(rule="upstream_auth", until=T0 + timedelta(hours=1))
+
+    alerts_evaluate(now=T0 + timedelta(minutes=6))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=16)) == []
+
+    assert Alert.objects.get().state == "resolved"
+    assert firing_events() == [("firing", 0)]
+
+
+def test_a_silence_that_has_ended_lets_the_resolved_message_through():
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    AlertSilence.objects.create(rule="upstream_auth", until=T0 + timedelta(minutes=16))
+
+    alerts_evaluate(now=T0 + timedelta(minutes=6))
+    alerts_evaluate(now=T0 + timedelta(minutes=16))  # the silence ends exactly now
+
+    assert firing_events() == [("firing", 0), ("resolved", 0)]
+
+
+def test_a_resolved_ratio_alert_does_not_fire_again_on_old_attempts(settings):
+    """Quiet period shorter than the window: old 400s must not open a second incident."""
+    settings.ALERT_QUIET_PERIOD_SECONDS = 60
+    attempts(40, at=T0 - timedelta(seconds=150), status=200, outcome="success")
+    attempts(12, status=400)  # 12 of 52: 23 %, fires
+    alerts_evaluate(now=T0 + timedelta(seconds=15))
+    attempts(10, at=T0 + timedelta(seconds=20), status=500)  # 12 of 62: 19 %, false
+    alerts_evaluate(now=T0 + timedelta(seconds=40))
+    alerts_evaluate(now=T0 + timedelta(seconds=101))
+    assert Alert.objects.get().state == "resolved"
+
+    # The successes leave the window: 12 old 400s of 22 attempts would be 55 %.
+    assert alerts_evaluate(now=T0 + timedelta(seconds=200)) == []
+    assert Alert.objects.count() == 1
+
+    # New 400s after the resolution are a new incident, counted from the resolution on.
+    attempts(10, at=T0 + timedelta(seconds=210), status=400)
+    alerts_evaluate(now=T0 + timedelta(seconds=225))
+    new = Alert.objects.filter(state="firing").get()
+    assert (new.first_seen, new.count) == (T0 + timedelta(seconds=210), 10)

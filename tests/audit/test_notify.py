@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
+from celery.exceptions import Retry
 from werkzeug import Response
 
 from audit.alerting.engine import alerts_evaluate
@@ -15,6 +16,7 @@ from audit.alerting.notify import (
     notifications_redeliver,
 )
 from audit.models import AlertNotification
+from audit.tasks import alert_notification_deliver
 from tests.factories import record_attempts
 
 pytestmark = pytest.mark.django_db
@@ -72,7 +74,7 @@ def test_failing_sink_is_retried_after_backoff_and_delivered_once(sink, notifica
 
     with pytest.raises(NotificationDeliveryError) as failure:
         notification_deliver(notification_id=webhook.pk)
-    assert 4 <= failure.value.retry_in(0) <= 6
+    assert 4 <= failure.value.countdown <= 6
     webhook.refresh_from_db()
     assert webhook.status == "pending" and "503" in webhook.last_error
     # Before the backoff has passed nobody may try again, not even the sweep.
@@ -115,3 +117,27 @@ def test_sweep_redelivers_notifications_whose_task_was_lost(sink, notifications)
     assert notifications_redeliver() == 0  # too fresh: its own task is probably on the way
     with time_machine.travel(datetime.now(UTC) + timedelta(minutes=1), tick=False):
         assert notifications_redeliver() == 3
+
+
+def test_the_retry_task_claims_the_row_when_it_arrives(sink, notifications, monkeypatch):
+    """The task's countdown and the row's claim share one jittered delay, failure after failure."""
+    webhook = notifications["webhook"]
+    sink.expect_request("/hook").respond_with_response(Response("down", status=503))
+    countdowns = []
+
+    def retry(*, exc, countdown):
+        countdowns.append(countdown)
+        return Retry()
+
+    monkeypatch.setattr(alert_notification_deliver, "retry", retry)
+    moment = datetime.now(UTC)
+    for failures in range(1, MAX_ATTEMPTS):
+        # Raises Retry only if it claimed the row and the send failed.
+        with time_machine.travel(moment, tick=False), pytest.raises(Retry):
+            alert_notification_deliver(notification_id=webhook.pk)
+        webhook.refresh_from_db()
+        base = 5 * 2 ** (failures - 1)
+        assert 0.8 * base - 1 < countdowns[-1] <= 1.2 * base
+        assert webhook.claimed_until == moment + timedelta(seconds=countdowns[-1] - 1)
+        moment += timedelta(seconds=countdowns[-1])  # when the worker runs the retry
+    assert webhook.attempts == MAX_ATTEMPTS - 1
