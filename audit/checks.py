@@ -19,4 +19,13 @@ def alerting_settings_check(app_configs=None, **kwargs) -> list:
             messages.append(
                 Error(f"ALERT_EMAIL_TO contains {address!r}, not an address.", id="audit.E003")
             )
+    if settings.AUDIT_RETENTION_DAYS < 1:
+        messages.append(
+            Error(
+                f"AUDIT_RETENTION_DAYS is {settings.AUDIT_RETENTION_DAYS}: the nightly prune would "
+                "empty the audit log.",
+                hint="Set it to the number of days to keep audit rows, at least 1 (default 90).",
+                id="audit.E004",
+            )
+        )
     return messages

@@ -48,7 +48,12 @@ def audit_prune(
         raise ValueError("older_than_days must be at least 1")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    cutoff = (now or timezone.now()) - timedelta(days=older_than_days)
+    try:
+        cutoff = (now or timezone.now()) - timedelta(days=older_than_days)
+    except OverflowError:
+        raise ValueError(
+            f"older_than_days {older_than_days} reaches back before the year 1"
+        ) from None
     due = SessionAttempt.objects.filter(created_at__lt=cutoff)
     if dry_run:
         return PruneResult(cutoff=cutoff, deleted=due.count(), batches=0, dry_run=True)

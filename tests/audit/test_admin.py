@@ -126,3 +126,14 @@ def test_silence_form_rejects_an_unknown_rule(admin_client):
 def test_service_records_cannot_be_added_or_deleted_by_hand(admin_client, model):
     assert admin_client.get(reverse(f"admin:audit_{model}_changelist")).status_code == 200
     assert admin_client.get(reverse(f"admin:audit_{model}_add")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "query", ["workflow_id=%00", "q=req%00abc", "status_code__exact=4%000", "o=%00"]
+)
+def test_nul_bytes_in_filters_are_a_clean_400(admin_client, attempt, query):
+    """PostgreSQL refuses NUL in text, which made this a 500."""
+    url = reverse("admin:audit_sessionattempt_changelist") + "?" + query
+    response = admin_client.get(url)
+    assert response.status_code == 400
+    assert b"NUL" in response.content

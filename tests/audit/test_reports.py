@@ -422,3 +422,35 @@ def test_the_sweep_leaves_reports_alone_without_recipients(settings, mailoutbox)
     settings.ALERT_EMAIL_TO = ["ops@example.com"]
     assert error_reports_email_due() == 0  # never due: it was built with nobody to send it to
     assert not mailoutbox
+
+
+@pytest.mark.parametrize(
+    ("command", "arguments", "message"),
+    [
+        ("error_report", ["--since", "0001-01-01"], "out of range"),
+        ("error_report", ["--until", "0001-01-01T12:00"], "out of range"),
+        ("attempt_stats", ["--until", "0001-01-01"], "out of range"),
+        ("attempt_stats", ["--since", "0001-01-01", "--until", "0001-01-02"], None),
+    ],
+)
+def test_commands_refuse_moments_out_of_range(command, arguments, message):
+    if message is None:
+        call_command(command, *arguments, stdout=StringIO())  # far back, but representable
+        return
+    with pytest.raises(CommandError, match=message):
+        call_command(command, *arguments, stdout=StringIO())
+
+
+@pytest.mark.parametrize("command", ["error_report", "attempt_stats"])
+def test_commands_refuse_a_period_inside_one_minute(command):
+    span = ["--since", "2026-03-03T14:00:10", "--until", "2026-03-03T14:00:50"]
+    with pytest.raises(CommandError, match="at least one whole minute"):
+        call_command(command, *span, stdout=StringIO())
+
+
+def test_attempt_stats_rounds_to_the_minute_like_the_report():
+    record(DAY + timedelta(hours=14, seconds=40))
+    out = StringIO()
+    span = ["--since", "2026-03-03T14:00:30", "--until", "2026-03-03T14:01:10"]
+    call_command("attempt_stats", *span, "--granularity", "minute", "--format", "json", stdout=out)
+    assert [row["attempts"] for row in json.loads(out.getvalue())] == [1]

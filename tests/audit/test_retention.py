@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from audit import retention
+from audit.checks import alerting_settings_check
 from audit.management.commands.prune_audit import Command as PruneCommand
 from audit.models import AttemptBacklog, AttemptMinuteStat, SessionAttempt
 from audit.retention import audit_prune
@@ -144,3 +145,15 @@ def test_command_refuses_nonsense(arguments):
 def test_command_help_explains_itself():
     text = PruneCommand().create_parser("manage.py", "prune_audit").format_help()
     assert "statistics" in text and "--dry-run" in text and "AUDIT_RETENTION_DAYS" in text
+
+
+@pytest.mark.parametrize("days", ["1000000", "10000000000"])
+def test_command_refuses_a_cutoff_before_year_one(days):
+    with pytest.raises(CommandError, match=f"--older-than-days {days} reaches back before"):
+        call_command("prune_audit", "--older-than-days", days)
+
+
+@pytest.mark.parametrize(("days", "errors"), [(0, ["audit.E004"]), (-5, ["audit.E004"]), (1, [])])
+def test_retention_below_one_day_fails_the_system_check(settings, days, errors):
+    settings.AUDIT_RETENTION_DAYS = days
+    assert [message.id for message in alerting_settings_check()] == errors

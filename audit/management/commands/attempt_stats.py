@@ -3,10 +3,9 @@
 import json
 from datetime import timedelta
 
-from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
+from django.core.management.base import BaseCommand
 
-from audit.management.commands.error_report import parse_moment
+from audit.management.periods import period_parse
 from audit.stats import attempt_stats_aggregate, stats_series
 
 COLUMNS = ("bucket", "workflow_id", "outcome", "status_code", "error_code", "attempts")
@@ -17,7 +16,8 @@ class Command(BaseCommand):
         "Print attempt counts per minute, hour or day and per workflow, outcome, upstream status "
         "and upstream error code, from the statistics (which outlive pruned audit rows). "
         "Default: the last 24 hours, by hour. Distinct users cannot be added across minutes, so "
-        "hour and day rows show the peak distinct users in any one minute."
+        "hour and day rows show the peak distinct users in any one minute. Times are ISO 8601 and "
+        "UTC unless they carry an offset; they are rounded down to the minute."
     )
 
     def add_arguments(self, parser):
@@ -29,10 +29,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=["text", "json"], default="text")
 
     def handle(self, *args, **options):
-        until = parse_moment("--until", options["until"]) or timezone.now()
-        since = parse_moment("--since", options["since"]) or until - timedelta(hours=24)
-        if since >= until:
-            raise CommandError("--since must be earlier than --until.")
+        since, until = period_parse(options["since"], options["until"], span=timedelta(hours=24))
         filters = {}
         if options["status_code"] is not None:
             filters["status_code"] = options["status_code"]

@@ -1,28 +1,14 @@
 """`manage.py error_report`: print the error report for any period, on demand."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
+from audit.management.periods import period_parse
 from audit.reports import error_report_build, error_report_render_text
 
 DEFAULT_SPAN = timedelta(hours=24)
-
-
-def parse_moment(option: str, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise CommandError(
-            f"{option} {value!r} is not an ISO 8601 date or date and time, "
-            "e.g. 2026-01-31 or 2026-01-31T14:00:00Z."
-        ) from None
-    # A date or time without an offset means UTC, the time zone of every stored timestamp.
-    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
 
 
 class Command(BaseCommand):
@@ -52,11 +38,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, since: str | None, until: str | None, format: str, **options):
-        until_at = parse_moment("--until", until) or timezone.now()
-        since_at = parse_moment("--since", since) or until_at - DEFAULT_SPAN
-        if since_at >= until_at:
-            raise CommandError("--since must be earlier than --until.")
-        data = error_report_build(since=since_at, until=until_at)
+        since_at, until_at = period_parse(since, until, span=DEFAULT_SPAN)
+        try:
+            data = error_report_build(since=since_at, until=until_at)
+        except OverflowError:
+            raise CommandError(
+                f"--since {since_at:%Y-%m-%d} is out of range: the report compares the period "
+                "with the one before it, which would start before the year 1."
+            ) from None
         if format == "json":
             self.stdout.write(json.dumps(data, indent=2))
         else:

@@ -45,9 +45,12 @@ class Command(BaseCommand):
             raise CommandError("--older-than-days must be at least 1.")
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        result = audit_prune(
-            older_than_days=older_than_days, batch_size=batch_size, dry_run=dry_run
-        )
+        try:
+            result = audit_prune(
+                older_than_days=older_than_days, batch_size=batch_size, dry_run=dry_run
+            )
+        except ValueError as exc:
+            raise CommandError(f"--{str(exc).replace('_', '-')}.") from None
         cutoff = f"{result.cutoff:%Y-%m-%d %H:%M:%S} UTC"
         if result.dry_run:
             self.stdout.write(
