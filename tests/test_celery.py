@@ -8,7 +8,7 @@ from celery import Celery
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from celery_app import enqueue_on_commit
+from celery_app import enqueue_on_commit, publish_safely
 from tests.conftest import wait_for
 
 
@@ -48,9 +48,27 @@ def test_enqueue_with_a_dead_broker_logs_and_returns(
 
     caplog.set_level(logging.WARNING)
     try:
-        with django_capture_on_commit_callbacks(execute=True):
-            enqueue_on_commit(noop)
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            enqueue_on_commit(noop)  # must not raise into the request
+        assert publish_safely(noop) is False
     finally:
         if server:
             server.close()
-    assert f"Could not enqueue dead_{kind}.noop" in caplog.text
+    assert len(callbacks) == 1  # published after commit, not before
+    assert caplog.text.count(f"Could not enqueue dead_{kind}.noop") == 2
+
+
+def test_publish_safely_puts_the_task_on_a_live_broker():
+    live = Celery("live", broker="memory://", set_as_current=False)
+    # Its own queue: locally the suite's app publishes to the same in-memory transport.
+    live.conf.task_default_queue = "live-test"
+
+    @live.task(name="live.echo")
+    def echo(word: str) -> None: ...
+
+    assert publish_safely(echo, word="hello") is True
+    with live.connection_for_write() as connection:
+        message = connection.SimpleQueue("live-test").get(timeout=2)
+    assert message.headers["task"] == "live.echo"
+    assert message.decode()[1] == {"word": "hello"}  # (args, kwargs, embed)
+    message.ack()

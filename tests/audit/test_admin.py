@@ -120,12 +120,45 @@ def test_silence_form_rejects_an_unknown_rule(admin_client):
     assert not AlertSilence.objects.exists()
 
 
+def service_record(model: str, alert) -> object:
+    """One row of each kind the service writes, with ordinary values."""
+    from audit.models import AlertNotification, AttemptMinuteStat, ErrorReport
+
+    if model == "alert":
+        return alert
+    if model == "alertnotification":
+        return AlertNotification.objects.create(
+            alert=alert, event="firing", sequence=0, channel="log", payload={"text": "x"}
+        )
+    if model == "attemptminutestat":
+        return AttemptMinuteStat.objects.create(
+            minute=alert.first_seen,
+            workflow_id="",
+            outcome="success",
+            status_code=200,
+            error_code="",
+            attempts=1,
+            users=0,
+        )
+    return ErrorReport.objects.create(
+        period_start=alert.first_seen, period_end=alert.last_seen, data={}, text="report"
+    )
+
+
 @pytest.mark.parametrize(
     "model", ["alert", "alertnotification", "attemptminutestat", "errorreport"]
 )
-def test_service_records_cannot_be_added_or_deleted_by_hand(admin_client, model):
+def test_service_records_cannot_be_added_or_deleted_by_hand(admin_client, alert, model):
+    record = service_record(model, alert)
     assert admin_client.get(reverse(f"admin:audit_{model}_changelist")).status_code == 200
     assert admin_client.get(reverse(f"admin:audit_{model}_add")).status_code == 403
+    delete_url = reverse(f"admin:audit_{model}_delete", args=[record.pk])
+    assert admin_client.post(delete_url, {"post": "yes"}).status_code == 403
+    admin_client.post(
+        reverse(f"admin:audit_{model}_changelist"),
+        {"action": "delete_selected", "_selected_action": [record.pk], "post": "yes"},
+    )
+    assert type(record).objects.filter(pk=record.pk).exists()
 
 
 @pytest.mark.parametrize(

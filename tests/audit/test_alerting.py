@@ -49,6 +49,10 @@ def firing_events() -> list[tuple[str, int]]:
     return [(n.event, n.sequence) for n in rows]
 
 
+def queued_events(queued: list[AlertNotification]) -> set[tuple[str, int, str]]:
+    return {(n.event, n.sequence, n.channel) for n in queued}
+
+
 def test_threshold_minus_one_fires_nothing():
     attempts(2)
     assert alerts_evaluate(now=T0 + timedelta(minutes=1)) == []
@@ -78,7 +82,12 @@ def test_evaluating_again_changes_nothing_until_the_repeat_interval():
 
     # Still failing an hour after the first notification: one repeat.
     attempts(3, at=T0 + timedelta(minutes=59))
-    assert alerts_evaluate(now=T0 + timedelta(minutes=61))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=60, seconds=59)) == []
+    # Exactly the repeat interval after the first notification.
+    assert queued_events(alerts_evaluate(now=T0 + timedelta(minutes=61))) == {
+        ("firing", 1, "log"),
+        ("firing", 1, "webhook"),
+    }
     assert alerts_evaluate(now=T0 + timedelta(minutes=62)) == []
     assert firing_events() == [("firing", 0), ("firing", 1)]
     assert Alert.objects.count() == 1
@@ -100,7 +109,10 @@ def test_silenced_rule_records_but_does_not_notify_until_the_silence_ends():
     assert Alert.objects.get().state == "firing"
 
     attempts(3, at=T0 + timedelta(minutes=31))
-    assert alerts_evaluate(now=T0 + timedelta(minutes=32))
+    assert queued_events(alerts_evaluate(now=T0 + timedelta(minutes=32))) == {
+        ("firing", 0, "log"),
+        ("firing", 0, "webhook"),
+    }
     assert firing_events() == [("firing", 0)]
 
 
@@ -135,7 +147,10 @@ def test_flapping_within_the_quiet_period_neither_resolves_nor_fires_again():
     alerts_evaluate(now=T0 + timedelta(minutes=16))
     assert alerts_evaluate(now=T0 + timedelta(minutes=25)) == []
     assert Alert.objects.get().state == "firing"
-    assert alerts_evaluate(now=T0 + timedelta(minutes=26))
+    assert queued_events(alerts_evaluate(now=T0 + timedelta(minutes=26))) == {
+        ("resolved", 0, "log"),
+        ("resolved", 0, "webhook"),
+    }
     assert firing_events() == [("firing", 0), ("resolved", 0)]
 
 
