@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from audit import alerting
 from audit.alerting.engine import alerts_evaluate
+from audit.alerting.rules import DEFAULT_RULES, AlertRule, alert_rules_resolve
 from audit.models import (
     Alert,
     AlertNotification,
@@ -20,6 +21,7 @@ from audit.models import (
     AttemptMinuteStat,
     ErrorReport,
     Heartbeat,
+    SessionAttempt,
 )
 from audit.services import session_attempt_record
 from tests.factories import record_attempts
@@ -228,12 +230,89 @@ def test_rules_can_be_overridden_from_settings(settings):
 
 
 @pytest.mark.parametrize(
-    "rules", [{"no_such_rule": {}}, {"upstream_auth": {"status_codes": [500]}}]
+    ("rules", "message"),
+    [
+        ({"no_such_rule": {}}, "ALERT_RULES names unknown rules ['no_such_rule']; known: ["),
+        (
+            {"upstream_auth": {"status_codes": [500]}},
+            "ALERT_RULES['upstream_auth'] sets ['status_codes']; allowed: ",
+        ),
+    ],
 )
-def test_invalid_rule_overrides_fail_the_system_check(settings, rules):
+def test_invalid_rule_overrides_fail_the_system_check(settings, rules, message):
     settings.ALERT_RULES = rules
-    with pytest.raises(SystemCheckError, match="audit.E001"):
+    with pytest.raises(SystemCheckError, match="audit.E001") as failure:
         call_command("check")
+    assert message in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "valid"),
+    [
+        ("threshold", 1, True),
+        ("threshold", 0, False),
+        ("threshold", 2.0, False),
+        ("threshold", False, False),
+        ("window_seconds", 1, True),
+        ("window_seconds", 0, False),
+        ("min_ratio", None, True),
+        ("min_ratio", 1, True),
+        ("min_ratio", 1.0, True),
+        ("min_ratio", 0.05, True),
+        ("min_ratio", 0, False),
+        ("min_ratio", 1.01, False),
+        ("min_ratio", True, False),
+        ("severity", "critical", True),
+        ("severity", "warning", True),
+        ("severity", "info", False),
+        ("severity", "CRITICAL", False),
+        ("enabled", False, True),
+        ("enabled", 0, False),
+    ],
+)
+def test_override_values_on_each_boundary(settings, field, value, valid):
+    settings.ALERT_RULES = {"upstream_rejected": {field: value}}
+    rules, errors = alert_rules_resolve()
+    names = [rule.name for rule in rules]
+    if valid:
+        assert errors == []
+        [rule] = [rule for rule in rules if rule.name == "upstream_rejected"]
+        assert getattr(rule, field) == value
+    else:
+        assert len(errors) == 1 and f"{field} must be" in errors[0]
+        assert "upstream_rejected" not in names
+    assert len(names) == len(DEFAULT_RULES) - (0 if valid else 1)
+
+
+def test_a_rule_matches_any_of_its_statuses_its_range_or_its_outcomes():
+    rule = AlertRule(
+        name="custom",
+        title="Custom",
+        severity="warning",
+        threshold=1,
+        status_codes=(429,),
+        status_range=(500, 503),
+        outcomes=("timeout",),
+    )
+    for status in (200, 429, 499, 500, 503, 504, 600):
+        attempts(1, status=status, outcome="upstream_error", workflow=f"wf_{status}")
+    attempts(1, status=None, outcome="timeout", workflow="wf_timeout")
+    attempts(1, status=None, outcome="network_error", workflow="wf_network")
+
+    matched = SessionAttempt.objects.filter(rule.matches()).values_list("workflow_id", flat=True)
+    assert sorted(matched) == ["wf_429", "wf_500", "wf_503", "wf_timeout"]
+    nothing = AlertRule(name="none", title="None", severity="warning", threshold=1)
+    assert not SessionAttempt.objects.filter(nothing.matches()).exists()
+
+
+def test_the_default_5xx_range_is_500_to_599():
+    [unavailable] = [rule for rule in DEFAULT_RULES if rule.name == "upstream_unavailable"]
+    for status in (499, 500, 599, 600):
+        attempts(1, status=status, workflow=f"wf_{status}")
+    matched = SessionAttempt.objects.filter(unavailable.matches()).values_list(
+        "workflow_id", flat=True
+    )
+    assert sorted(matched) == ["wf_500", "wf_599"]
 
 
 def test_payload_is_complete_and_free_of_secrets_and_usernames(django_user_model):
@@ -386,7 +465,7 @@ def test_each_incident_has_its_own_payload_ids():
         ({"upstream_auth": {"severity": "loud"}}, "severity must be one of"),
         ({"upstream_auth": {"enabled": "false"}}, "enabled must be true or false"),
         ({"upstream_auth": 5}, "ALERT_RULES['upstream_auth'] must be an object"),
-        (["upstream_auth"], "ALERT_RULES must be an object"),
+        (["upstream_auth"], "ALERT_RULES must be an object of rule names, not list."),
     ],
 )
 def test_mistyped_rule_overrides_fail_the_system_check(settings, rules, message):
@@ -406,8 +485,13 @@ def test_a_misconfigured_rule_does_not_stop_the_others(settings, caplog):
 
     # The 404 rule still fires; the two broken rules are skipped and say why.
     assert set(Alert.objects.values_list("rule", flat=True)) == {"upstream_workflow_not_found"}
-    assert "ALERT_RULES['upstream_rejected']" in caplog.text
-    assert "ALERT_RULES['upstream_auth']" in caplog.text
+    logged = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert logged == [
+        "Invalid alert configuration: ALERT_RULES['upstream_auth'] must be an object such as "
+        '{"threshold": 5}, not 5.',
+        "Invalid alert configuration: ALERT_RULES['upstream_rejected']: threshold must be a "
+        "whole number ≥ 1, not '5'.",
+    ]
 
 
 def test_a_rule_that_fails_to_evaluate_does_not_stop_the_others(monkeypatch, caplog):
