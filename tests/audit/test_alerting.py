@@ -3,16 +3,18 @@
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from audit import alerting
-from audit.alerting.engine import alerts_evaluate
+from audit.alerting.engine import alerts_evaluate, fingerprint
 from audit.alerting.rules import DEFAULT_RULES, AlertRule, alert_rules_resolve
 from audit.models import (
     Alert,
@@ -42,8 +44,8 @@ def alert_settings(settings):
     return settings
 
 
-def attempts(n, *, at=T0, workflow=WF, **kwargs):
-    record_attempts(n, at=at, workflow=workflow, **kwargs)
+def attempts(n, *, at=T0, workflow=WF, **kwargs) -> list[SessionAttempt]:
+    return record_attempts(n, at=at, workflow=workflow, **kwargs)
 
 
 def firing_events() -> list[tuple[str, int]]:
@@ -511,7 +513,11 @@ def test_a_rule_that_fails_to_evaluate_does_not_stop_the_others(monkeypatch, cap
     alerts_evaluate(now=T0 + timedelta(minutes=1))
 
     assert set(Alert.objects.values_list("rule", flat=True)) == {"upstream_workflow_not_found"}
-    assert "Alert rule upstream_auth failed" in caplog.text
+    [failure] = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert (
+        failure.getMessage() == "Alert rule upstream_auth failed; the other rules were evaluated."
+    )
+    assert failure.exc_info[1].args == ("boom",)
 
 
 def test_disabling_a_rule_resolves_its_open_incidents_once(settings):
@@ -575,3 +581,175 @@ def test_a_resolved_ratio_alert_does_not_fire_again_on_old_attempts(settings):
     alerts_evaluate(now=T0 + timedelta(seconds=225))
     new = Alert.objects.filter(state="firing").get()
     assert (new.first_seen, new.count) == (T0 + timedelta(seconds=210), 10)
+
+
+def test_incidents_record_the_rule_as_it_was_and_the_latest_sample():
+    attempts(10, status=400)
+    record_attempts(  # the newest 400 says something else
+        1,
+        at=T0 + timedelta(seconds=30),
+        workflow=WF,
+        status=400,
+        error_message="Bad param",
+        error_code="invalid_param",
+    )
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+
+    alert = Alert.objects.get()
+    assert (alert.rule, alert.threshold, alert.window_seconds, alert.min_ratio) == (
+        "upstream_rejected",
+        10,
+        300,
+        0.2,
+    )
+    assert (alert.count, alert.last_seen) == (11, T0 + timedelta(seconds=30))
+    assert (alert.sample_message, alert.error_code) == ("Bad param", "invalid_param")
+    newest = SessionAttempt.objects.order_by("-created_at")[:5]
+    assert alert.sample_attempt_ids == [attempt.id for attempt in newest]
+
+
+def test_samples_are_the_latest_by_time_even_when_committed_out_of_order():
+    late = attempts(3, at=T0 + timedelta(seconds=20))  # written first, happened last
+    early = attempts(3, at=T0)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    expected = [a.id for a in reversed(late)] + [a.id for a in reversed(early)][:2]
+    assert Alert.objects.get().sample_attempt_ids == expected
+
+
+def test_a_ratio_of_exactly_the_minimum_fires():
+    attempts(10, status=400)
+    attempts(40, at=T0 + timedelta(seconds=10), status=200, outcome="success")  # 10 of 50: 20 %
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    assert Alert.objects.get().rule == "upstream_rejected"
+
+
+def test_attempts_after_the_evaluation_moment_do_not_count():
+    attempts(2)
+    attempts(3, at=T0 + timedelta(minutes=2))
+    assert alerts_evaluate(now=T0 + timedelta(minutes=1)) == []
+    alerts_evaluate(now=T0 + timedelta(minutes=3))
+    assert Alert.objects.get().count == 5
+
+
+def test_each_incident_counts_only_its_own_key_and_rule():
+    attempts(3, status=401)
+    attempts(4, status=401, workflow="wf_other")
+    attempts(20, status=502)
+    attempts(5, status=200, outcome="success", at=T0 + timedelta(seconds=30))
+    queued = alerts_evaluate(now=T0 + timedelta(minutes=1))
+
+    counts = {(a.rule, a.workflow_id, a.status_code): a.count for a in Alert.objects.all()}
+    assert counts == {
+        ("upstream_auth", WF, 401): 3,
+        ("upstream_auth", "wf_other", 401): 4,
+        ("upstream_unavailable", WF, None): 20,
+    }
+    assert len([n for n in queued if n.channel == "webhook"]) == 3
+
+
+def test_two_incidents_resolving_at_once_each_say_so():
+    attempts(3)
+    attempts(3, workflow="wf_other")
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    alerts_evaluate(now=T0 + timedelta(minutes=6))
+    queued = alerts_evaluate(now=T0 + timedelta(minutes=16))
+    resolved = [n for n in queued if n.channel == "webhook"]
+    assert sorted(n.payload["workflow_id"] for n in resolved) == [WF, "wf_other"]
+    assert {n.payload["resolved_reason"] for n in resolved} == {"quiet"}
+    assert all("is quiet again" in n.payload["text"] for n in resolved)
+
+
+def test_evaluating_with_nothing_new_writes_nothing():
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    with CaptureQueriesContext(connection) as queries:
+        assert alerts_evaluate(now=T0 + timedelta(minutes=2)) == []
+    writes = [q["sql"] for q in queries if q["sql"].startswith(("INSERT", "UPDATE", "DELETE"))]
+    assert writes == []
+
+
+def test_a_ratio_incident_that_holds_again_clears_its_quiet_period():
+    """The same 400s hold again once older successes leave the window: no new rows."""
+    attempts(40, at=T0 - timedelta(seconds=150), status=200, outcome="success")
+    attempts(12, status=400)
+    alerts_evaluate(now=T0 + timedelta(seconds=15))
+    attempts(10, at=T0 + timedelta(seconds=20), status=500)
+    alerts_evaluate(now=T0 + timedelta(seconds=40))
+    assert Alert.objects.get(rule="upstream_rejected").condition_false_since is not None
+
+    alerts_evaluate(now=T0 + timedelta(seconds=200))  # 12 of 22
+    alert = Alert.objects.get(rule="upstream_rejected")
+    assert (alert.state, alert.condition_false_since) == ("firing", None)
+
+
+def test_a_resolution_older_than_the_window_does_not_stretch_it():
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    alerts_evaluate(now=T0 + timedelta(minutes=6))
+    alerts_evaluate(now=T0 + timedelta(minutes=16))  # resolved
+    attempts(2, at=T0 + timedelta(minutes=50))
+    attempts(1, at=T0 + timedelta(minutes=58))
+    alerts_evaluate(now=T0 + timedelta(minutes=59))  # 1 in the window, 3 since the resolution
+    assert not Alert.objects.filter(state="firing").exists()
+
+
+def test_a_resolution_narrows_only_its_own_key():
+    """Other workflows and statuses keep the whole window, first attempt included."""
+    attempts(3)  # (WF, 401) fires, then resolves at T0+16 min
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    alerts_evaluate(now=T0 + timedelta(minutes=6))
+    alerts_evaluate(now=T0 + timedelta(minutes=16))
+    for workflow, status in (("wf_other", 401), (WF, 403)):
+        attempts(1, at=T0 + timedelta(minutes=15), workflow=workflow, status=status)
+        attempts(3, at=T0 + timedelta(minutes=16, seconds=10), workflow=workflow, status=status)
+
+    alerts_evaluate(now=T0 + timedelta(minutes=17))
+
+    firing = Alert.objects.filter(state="firing")
+    assert {(a.workflow_id, a.status_code, a.first_seen, a.count) for a in firing} == {
+        ("wf_other", 401, T0 + timedelta(minutes=15), 4),
+        (WF, 403, T0 + timedelta(minutes=15), 4),
+    }
+
+
+def test_disabling_a_rule_leaves_other_rules_and_closed_incidents_alone(settings):
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    alerts_evaluate(now=T0 + timedelta(minutes=6))
+    alerts_evaluate(now=T0 + timedelta(minutes=16))  # the first incident resolved
+    attempts(3, at=T0 + timedelta(minutes=20))
+    attempts(3, at=T0 + timedelta(minutes=20), workflow="wf_other")
+    attempts(3, at=T0 + timedelta(minutes=20), status=404)
+    alerts_evaluate(now=T0 + timedelta(minutes=21))
+
+    settings.ALERT_RULES = {"upstream_auth": {"enabled": False}}
+    queued = alerts_evaluate(now=T0 + timedelta(minutes=22))
+
+    states = {(a.rule, a.workflow_id, a.resolved_at) for a in Alert.objects.exclude(state="firing")}
+    assert states == {
+        ("upstream_auth", WF, T0 + timedelta(minutes=16)),  # untouched
+        ("upstream_auth", WF, T0 + timedelta(minutes=22)),
+        ("upstream_auth", "wf_other", T0 + timedelta(minutes=22)),
+    }
+    assert Alert.objects.get(state="firing").rule == "upstream_workflow_not_found"
+    assert len([n for n in queued if n.channel == "webhook"]) == 2
+
+
+def test_disabling_a_silenced_rule_closes_its_incidents_quietly(settings):
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+    AlertSilence.objects.create(rule="upstream_auth", until=T0 + timedelta(hours=1))
+    settings.ALERT_RULES = {"upstream_auth": {"enabled": False}}
+    assert alerts_evaluate(now=T0 + timedelta(minutes=2)) == []
+    assert Alert.objects.get().state == "resolved"
+
+
+def test_fingerprints_are_stable_across_versions():
+    """Receivers group notifications by fingerprint: changing the recipe regroups them."""
+    auth, _, _, unavailable = DEFAULT_RULES
+    assert fingerprint(auth, "wf_1", 401) == sha256(b"upstream_auth|wf_1|401").hexdigest()[:32]
+    assert (
+        fingerprint(unavailable, "wf_1", None)
+        == fingerprint(unavailable, "wf_1", 502)
+        == sha256(b"upstream_unavailable|wf_1|*").hexdigest()[:32]
+    )
