@@ -16,8 +16,9 @@ run: $(VENV)/.installed
 	$(PY) scripts/run.py
 
 ## Set everything up and run the whole test suite.
+## PYTEST_ARGS adds options (CI adds branch coverage with its floor: .ci/run).
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Mutation testing, each module against its own tests (docs/testing.md); MODULE=path for one.
 MODULE ?=

@@ -5,10 +5,18 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from audit.models import SessionAttempt
+from sessions_api.drf import SessionCreateThrottle
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/chatkit/session/"
+
+
+def throttle_key(ident: str) -> str:
+    return SessionCreateThrottle.cache_format % {
+        "scope": SessionCreateThrottle.scope,
+        "ident": ident,
+    }
 
 
 @pytest.fixture
@@ -40,9 +48,13 @@ def test_anonymous_limit_is_per_address_and_answers_429(upstream, settings, addr
 
 def test_logged_in_users_are_counted_per_user(upstream, settings, django_user_model, address):
     settings.CHATKIT_THROTTLE_USER = "1/min"
+    users = [django_user_model.objects.create_user(username=f"{n}{address}") for n in "uv"]
+    # Primary keys start over in each test database, while a real Redis keeps counts for a
+    # minute: a run right after another would otherwise find these users' counts in place.
+    cache.delete_many([throttle_key(f"user-{user.pk}") for user in users])
     first, second = APIClient(REMOTE_ADDR=address), APIClient(REMOTE_ADDR=address)
-    first.force_login(django_user_model.objects.create_user(username=f"u{address}"))
-    second.force_login(django_user_model.objects.create_user(username=f"v{address}"))
+    first.force_login(users[0])
+    second.force_login(users[1])
     assert first.post(URL).status_code == 200
     assert first.post(URL).status_code == 429
     assert second.post(URL).status_code == 200
