@@ -124,29 +124,28 @@ def _matches(rule: AlertRule, *, now: datetime) -> list[Match]:
         for m in _counted(rule, start=start, now=now)
         if (m.workflow_id, m.status_code) not in resolutions
     }
-    for (workflow_id, status_code), resolved_at in resolutions.items():
-        for m in _counted(
-            rule, start=resolved_at, now=now, workflow_id=workflow_id, status_code=status_code
-        ):
+    for key, resolved_at in resolutions.items():
+        for m in _counted(rule, start=resolved_at, now=now, key=key):
             found[(m.workflow_id, m.status_code)] = m
     return list(found.values())
 
 
 def _counted(
-    rule: AlertRule,
-    *,
-    start: datetime,
-    now: datetime,
-    workflow_id: str | None = None,
-    status_code: int | None = None,
+    rule: AlertRule, *, start: datetime, now: datetime, key: tuple[str, int | None] | None = None
 ) -> list[Match]:
-    """Keys with at least the threshold (and ratio) of matching attempts in (start, now]."""
+    """Keys with at least the threshold (and ratio) of matching attempts in (start, now].
+
+    With key (workflow, status code), only that key: the ratio's denominator is still the
+    whole workflow.
+    """
     window = SessionAttempt.objects.filter(created_at__gt=start, created_at__lte=now)
-    if workflow_id is not None:
-        window = window.filter(workflow_id=workflow_id)
     matching = window.filter(rule.matches())
-    if rule.per_status and status_code is not None:
-        matching = matching.filter(status_code=status_code)
+    if key is not None:
+        workflow_id, status_code = key
+        window = window.filter(workflow_id=workflow_id)
+        matching = matching.filter(workflow_id=workflow_id)
+        if rule.per_status:
+            matching = matching.filter(status_code=status_code)  # None means IS NULL
     keys = ["workflow_id", "status_code"] if rule.per_status else ["workflow_id"]
     rows = (
         matching.values(*keys)
