@@ -14,6 +14,7 @@ See docs/testing.md.
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -60,7 +61,15 @@ def main() -> int:
     unknown = [module for module in args.modules if module not in MODULES]
     if unknown:
         parser.error(f"not in MODULES: {', '.join(unknown)} (choose from {', '.join(MODULES)})")
-    scores = [mutate(module, args.jobs) for module in args.modules or MODULES]
+    # Every run starts by deleting mutants/: a second run in this checkout would pull it away
+    # from under the first.
+    (ROOT / "var").mkdir(exist_ok=True)
+    with open(ROOT / "var" / "mutate.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            parser.exit(2, "Another `make mutate` is running in this checkout.\n")
+        scores = [mutate(module, args.jobs) for module in args.modules or MODULES]
 
     print(f"\nMutation scores (target {TARGET:.0f} % killed per module)")
     print(f"  {'module':<28} {'killed':>7} {'total':>6} {'score':>7}  survivors")
