@@ -4,6 +4,8 @@ behaviours an HTTP framework will not produce (silence, hang-ups, slow drips, ke
 No mocks of requests or urllib3: retries and timeouts only mean something over a real socket.
 """
 
+import functools
+import gzip
 import http.server
 import json
 import logging
@@ -16,9 +18,13 @@ import sys
 import threading
 import time
 import traceback
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+import requests
+import urllib3
 from werkzeug import Request, Response
 
 from sessions_api.client import (
@@ -35,6 +41,7 @@ from sessions_api.client import (
 # Canaries: random per run, so a leak cannot hide behind a value that happens to be filtered.
 API_KEY = "sk-canary-" + secrets.token_hex(12)
 CLIENT_SECRET = "ek_canary_" + secrets.token_hex(16)
+GATEWAY_KEY = "gw." + secrets.token_hex(12)
 SESSIONS = "/v1/chatkit/sessions"
 OK_BODY = {
     "id": "cksess_123",
@@ -57,7 +64,7 @@ def sleeps() -> list[float]:
 def make_client(sleeps):
     clients: list[ChatKitClient] = []
 
-    def make(base_url: str, *, real_sleep: bool = False, **overrides) -> ChatKitClient:
+    def make(base_url: str, *, real_sleep: bool = False, clock=None, **overrides) -> ChatKitClient:
         values = {
             "base_url": base_url,
             "api_key": API_KEY,
@@ -67,7 +74,9 @@ def make_client(sleeps):
         }
         values.update(overrides)
         client = ChatKitClient(
-            ClientConfig(**values), sleep=time.sleep if real_sleep else sleeps.append
+            ClientConfig(**values),
+            sleep=time.sleep if real_sleep else sleeps.append,
+            clock=clock or time.monotonic,
         )
         clients.append(client)
         return client
@@ -221,31 +230,59 @@ def hang_up(conn, stats, stop) -> None:
     conn.close()
 
 
-def slow_503(conn, stats, stop) -> None:
-    if read_request(conn) is None:
-        return
-    stats["requests"] += 1
-    if stop.wait(0.3):
-        return
-    try:
+def answering(respond):
+    """A behaviour that reads one request and counts it, then runs `respond(conn, stop)`.
+
+    A client that has hung up meanwhile ends it quietly.
+    """
+
+    @functools.wraps(respond)
+    def behaviour(conn, stats, stop) -> None:
+        if read_request(conn) is None:
+            return
+        stats["requests"] += 1
+        try:
+            respond(conn, stop)
+        except OSError:
+            pass
+
+    return behaviour
+
+
+@answering
+def slow_503(conn, stop) -> None:
+    if not stop.wait(0.3):
         conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
         conn.close()
-    except OSError:
-        pass
 
 
-def drip(conn, stats, stop) -> None:
+@answering
+def drip(conn, stop) -> None:
     """A 200 whose body arrives one byte at a time, each well inside the read timeout."""
-    if read_request(conn) is None:
-        return
-    stats["requests"] += 1
-    try:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-        conn.sendall(b"Content-Length: 100000\r\n\r\n")
-        while not stop.wait(0.05):
-            conn.sendall(b" ")
-    except OSError:
-        pass
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    conn.sendall(b"x-request-id: req_drip\r\nContent-Length: 100000\r\n\r\n")
+    while not stop.wait(0.05):
+        conn.sendall(b" ")
+
+
+@answering
+def stall_mid_body(conn, stop) -> None:
+    """A 200 that sends its headers and the start of its body, then nothing more."""
+    conn.sendall(PARTIAL_200)
+    stop.wait()
+
+
+@answering
+def cut_mid_body(conn, stop) -> None:
+    """A 200 whose connection drops after the start of its body (a crashed proxy)."""
+    conn.sendall(PARTIAL_200)
+    conn.close()
+
+
+PARTIAL_200 = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: req_partial\r\n"
+    b'Content-Length: 100\r\n\r\n{"id": '
+)
 
 
 def expect_create(httpserver, *, oneshot: bool = False):
@@ -459,6 +496,175 @@ def test_429_without_retry_after_is_not_retried(httpserver, base_url, make_clien
     assert sleeps == []
 
 
+def test_backoff_doubles_up_to_one_second(httpserver, base_url, make_client, sleeps):
+    expect_create(httpserver).respond_with_data("", status=502)
+
+    with pytest.raises(UpstreamHTTPError):
+        make_client(base_url, max_retries=4).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert len(httpserver.log) == 5
+    # 0.25, 0.5, 1, 1 (capped) s, each times a jitter factor in [0.5, 1].
+    bounds = [(0.125, 0.25), (0.25, 0.5), (0.5, 1.0), (0.5, 1.0)]
+    assert len(sleeps) == 4
+    assert all(low <= sleep <= high for sleep, (low, high) in zip(sleeps, bounds, strict=True))
+
+
+def test_429_with_retry_after_of_exactly_the_limit_is_retried(
+    httpserver, base_url, make_client, sleeps
+):
+    expect_create(httpserver, oneshot=True).respond_with_data(
+        "", status=429, headers={"Retry-After": "2"}
+    )
+    expect_create(httpserver, oneshot=True).respond_with_json(OK_BODY)
+
+    result = make_client(base_url, total_timeout=60.0).create_session(
+        workflow_id="wf_abc", user="user-1"
+    )
+
+    assert result.attempts == 2
+    assert sleeps == [2.0]
+
+
+@pytest.mark.parametrize(("retry_after", "waits"), [("1", 1.0), ("2", 2.0)])
+def test_503_waits_as_long_as_its_retry_after_asks(
+    httpserver, base_url, make_client, sleeps, retry_after, waits
+):
+    expect_create(httpserver).respond_with_data(
+        "", status=503, headers={"Retry-After": retry_after}
+    )
+
+    with pytest.raises(UpstreamHTTPError) as caught:
+        make_client(base_url, total_timeout=60.0).create_session(
+            workflow_id="wf_abc", user="user-1"
+        )
+
+    assert len(httpserver.log) == 3
+    assert caught.value.retry_after == waits
+    assert sleeps == [waits, waits]
+
+
+def test_503_asking_for_no_wait_still_backs_off(httpserver, base_url, make_client, sleeps):
+    expect_create(httpserver).respond_with_data("", status=503, headers={"Retry-After": "0"})
+
+    with pytest.raises(UpstreamHTTPError):
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert len(sleeps) == 2
+    assert 0.125 <= sleeps[0] <= 0.25
+    assert 0.25 <= sleeps[1] <= 0.5
+
+
+def test_503_asking_for_longer_than_the_limit_is_not_retried(
+    httpserver, base_url, make_client, sleeps
+):
+    expect_create(httpserver).respond_with_data("", status=503, headers={"Retry-After": "30"})
+    # A budget this large cannot be what stops the retry: max_retry_after (2 s) must.
+    client = make_client(base_url, total_timeout=60.0)
+
+    with pytest.raises(UpstreamHTTPError) as caught:
+        client.create_session(workflow_id="wf_abc", user="user-1")
+
+    assert len(httpserver.log) == 1
+    assert caught.value.retry_after == 30.0
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_retry_after_on_other_5xx_is_ignored(httpserver, base_url, make_client, sleeps, status):
+    expect_create(httpserver).respond_with_data("", status=status, headers={"Retry-After": "30"})
+
+    with pytest.raises(UpstreamHTTPError) as caught:
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert len(httpserver.log) == 3
+    assert caught.value.retry_after is None
+    assert len(sleeps) == 2
+    assert 0.125 <= sleeps[0] <= 0.25
+
+
+def http_date(delta: timedelta, *, naive: bool = False) -> str:
+    when = datetime.now(UTC) + delta
+    return format_datetime(when.replace(tzinfo=None)) if naive else format_datetime(when, True)
+
+
+@pytest.mark.parametrize(
+    ("headers", "low", "high"),
+    [
+        ({"Retry-After": " 1.5 "}, 1.5, 1.5),
+        ({"Retry-After": "-3"}, 0.0, 0.0),  # a clock skewed upstream: no wait, not a negative one
+        ({"retry-after-ms": "soon", "Retry-After": "1"}, 1.0, 1.0),
+        ({"retry-after-ms": "", "Retry-After": "1"}, 1.0, 1.0),
+        ({"Retry-After": "Sun, 06 Nov 1994 08:49:37 GMT"}, 0.0, 0.0),  # a date gone by
+    ],
+    ids=["spaces", "negative", "bad-ms-falls-back", "blank-ms-falls-back", "past-date"],
+)
+def test_429_retry_after_forms_that_are_retried(
+    httpserver, base_url, make_client, sleeps, headers, low, high
+):
+    expect_create(httpserver, oneshot=True).respond_with_data("", status=429, headers=headers)
+    expect_create(httpserver, oneshot=True).respond_with_json(OK_BODY)
+
+    assert make_client(base_url).create_session(workflow_id="wf_abc", user="u").attempts == 2
+
+    assert len(sleeps) == 1
+    assert low <= sleeps[0] <= high
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high"),
+    [
+        # Dates are made when the test runs (a collected value would age during a long run).
+        (lambda: http_date(timedelta(hours=1)), 3590.0, 3600.0),
+        (lambda: http_date(timedelta(hours=1), naive=True), 3590.0, 3600.0),  # "-0000": UTC
+        (lambda: "soon", None, None),
+        (lambda: "inf", None, None),
+        (lambda: "nan", None, None),
+    ],
+    ids=["date", "date-without-zone", "word", "inf", "nan"],
+)
+def test_429_retry_after_forms_that_are_not_retried(
+    httpserver, base_url, make_client, sleeps, value, low, high
+):
+    expect_create(httpserver).respond_with_data("", status=429, headers={"Retry-After": value()})
+
+    with pytest.raises(UpstreamHTTPError) as caught:
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert len(httpserver.log) == 1
+    assert sleeps == []
+    if low is None:
+        assert caught.value.retry_after is None
+    else:
+        assert low <= caught.value.retry_after <= high
+
+
+def test_a_retry_is_not_started_with_less_than_a_tenth_of_a_second_left(
+    httpserver, base_url, make_client, sleeps
+):
+    expect_create(httpserver).respond_with_data("", status=429, headers={"Retry-After": "0.95"})
+    client = make_client(base_url, total_timeout=1.0, clock=lambda: 0.0)
+
+    with pytest.raises(UpstreamHTTPError):
+        client.create_session(workflow_id="wf_abc", user="user-1")
+
+    assert len(httpserver.log) == 1
+    assert sleeps == []
+
+
+def test_a_retry_that_leaves_exactly_a_tenth_of_a_second_is_made(
+    httpserver, base_url, make_client, sleeps
+):
+    expect_create(httpserver, oneshot=True).respond_with_data(
+        "", status=429, headers={"Retry-After": "2"}
+    )
+    expect_create(httpserver, oneshot=True).respond_with_json(OK_BODY)
+    # 0 + 2.0 s of waiting <= 2.1 s budget - 0.1 s, exactly (these floats are exact).
+    client = make_client(base_url, total_timeout=2.1, clock=lambda: 0.0)
+
+    assert client.create_session(workflow_id="wf_abc", user="user-1").attempts == 2
+    assert sleeps == [2.0]
+
+
 # --- error bodies ---------------------------------------------------------------------------
 
 
@@ -524,6 +730,81 @@ def test_non_json_error_bodies_become_a_short_snippet(
         assert error.error_message == "<html> <body> <h1>502 Bad Gateway</h1> </body></html>"
 
 
+@pytest.mark.parametrize(
+    ("body", "message", "error_type", "code"),
+    [
+        # Some gateways answer with a bare string.
+        ({"error": "Upstream overloaded, try later"}, "Upstream overloaded, try later", None, None),
+        (
+            {"error": {"message": "Ungültiger Wert für 'user' – höchstens 512 Zeichen"}},
+            "Ungültiger Wert für 'user' – höchstens 512 Zeichen",
+            None,
+            None,
+        ),
+        # Numbers where strings belong become strings.
+        ({"error": {"message": "slow down", "type": 7, "code": 429}}, "slow down", "7", "429"),
+        # No message: the body itself is the best description, and type and code still count.
+        (
+            {"error": {"message": "", "type": "server_error", "code": "engine_overloaded"}},
+            '{"error": {"message": "", "type": "server_error", "code": "engine_overloaded"}}',
+            "server_error",
+            "engine_overloaded",
+        ),
+        ({"error": None}, '{"error": null}', None, None),
+    ],
+    ids=["string", "unicode", "numbers", "no-message", "null"],
+)
+def test_error_envelope_variants(
+    httpserver, base_url, make_client, body, message, error_type, code
+):
+    expect_create(httpserver).respond_with_data(
+        json.dumps(body), status=400, content_type="application/json"
+    )
+
+    with pytest.raises(UpstreamHTTPError) as caught:
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    error = caught.value
+    assert (error.error_message, error.error_type, error.error_code) == (message, error_type, code)
+
+
+def test_an_error_body_that_is_not_utf8_is_still_described(httpserver, base_url, make_client):
+    body = "<h1>Ungültige Anfrage</h1>".encode("latin-1")
+    expect_create(httpserver).respond_with_data(body, status=400, content_type="text/html")
+
+    with pytest.raises(UpstreamHTTPError) as caught:
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert caught.value.error_message == "<h1>Ung\ufffdltige Anfrage</h1>"
+
+
+@pytest.mark.parametrize("status", [400, 200])
+def test_a_snippet_is_cut_from_the_first_1200_bytes_only(httpserver, base_url, make_client, status):
+    # Padding that collapses to one space would otherwise pull in what follows it.
+    body = "<html>" + "\n" * 1194 + "<p>tail</p>"
+    expect_create(httpserver).respond_with_data(body, status=status, content_type="text/html")
+
+    with pytest.raises((UpstreamHTTPError, UpstreamInvalidResponse)) as caught:
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert caught.value.error_message.endswith("<html>")
+    assert "tail" not in caught.value.error_message
+
+
+@pytest.mark.parametrize("status", [300, 307])
+def test_redirects_are_errors_and_never_followed(httpserver, base_url, make_client, status):
+    expect_create(httpserver).respond_with_json(
+        OK_BODY, status=status, headers={"Location": "/v1/elsewhere"}
+    )
+    httpserver.expect_request("/v1/elsewhere").respond_with_json(OK_BODY)
+
+    with pytest.raises(UpstreamHTTPError) as caught:
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert caught.value.status_code == status
+    assert [request.path for request, _ in httpserver.log] == [SESSIONS]
+
+
 # --- timeouts and the wall-clock budget -----------------------------------------------------
 
 
@@ -539,8 +820,10 @@ def test_read_timeout_is_not_retried(raw_server, make_client, sleeps):
     assert sleeps == []
 
 
-def test_budget_holds_when_upstream_never_answers(raw_server, make_client):
-    url, _ = raw_server(silent)
+@pytest.mark.parametrize("behaviour", [silent, stall_mid_body], ids=["no-answer", "stalled-body"])
+def test_budget_holds_when_upstream_goes_silent(raw_server, make_client, behaviour):
+    url, _ = raw_server(behaviour)
+    # Each read may wait read_timeout, but never past what is left of the budget.
     client = make_client(url, real_sleep=True, read_timeout=5.0, total_timeout=1.0)
 
     started = time.monotonic()
@@ -573,7 +856,73 @@ def test_budget_holds_against_a_slow_drip_body(raw_server, make_client):
 
     assert time.monotonic() - started <= 0.8 + 0.5
     assert caught.value.status_code == 200
+    assert caught.value.request_id == "req_drip"
     assert caught.value.attempts == 1
+
+
+def stepping_clock(*readings: float):
+    """A monotonic clock that reads these values in turn, then the last one for ever."""
+    values = iter(readings)
+    return lambda: next(values, readings[-1])
+
+
+def test_a_read_timeout_inside_the_body_is_a_timeout(raw_server, make_client, sleeps):
+    url, stats = raw_server(stall_mid_body)
+
+    with pytest.raises(UpstreamTimeout) as caught:
+        make_client(url, read_timeout=0.3).create_session(workflow_id="wf_abc", user="user-1")
+
+    error = caught.value
+    assert (error.status_code, error.request_id, error.attempts) == (200, "req_partial", 1)
+    assert error.error_message == "read timed out in the HTTP 200 body"
+    assert stats["requests"] == 1
+    assert sleeps == []
+
+
+def test_a_budget_spent_before_the_request_sends_nothing(httpserver, base_url, make_client):
+    expect_create(httpserver).respond_with_json(OK_BODY)
+    client = make_client(base_url, total_timeout=3.0, clock=stepping_clock(0.0, 3.0))
+
+    with pytest.raises(UpstreamTimeout) as caught:
+        client.create_session(workflow_id="wf_abc", user="user-1")
+
+    error = caught.value
+    assert error.error_message == "time budget spent before the request was sent"
+    assert (error.status_code, error.attempts, error.latency_ms) == (None, 1, 3000)
+    assert httpserver.log == []
+
+
+def test_a_budget_spent_as_the_body_starts_is_a_timeout(httpserver, base_url, make_client):
+    expect_create(httpserver).respond_with_json(OK_BODY, headers={"x-request-id": "req_late"})
+    # Readings: the call's start, the attempt's start, then the first read of the body.
+    client = make_client(base_url, total_timeout=3.0, clock=stepping_clock(0.0, 0.0, 3.0))
+
+    with pytest.raises(UpstreamTimeout) as caught:
+        client.create_session(workflow_id="wf_abc", user="user-1")
+
+    error = caught.value
+    assert error.error_message == "time budget spent while reading the HTTP 200 body"
+    assert (error.status_code, error.request_id, error.attempts) == (200, "req_late", 1)
+
+
+@pytest.mark.parametrize(("seconds", "latency_ms"), [(1.5, 1500), (0.0, 0)])
+def test_latency_is_the_whole_call_in_milliseconds(
+    httpserver, base_url, make_client, seconds, latency_ms
+):
+    now = [1000.0]
+
+    def slow_upstream(request: Request) -> Response:
+        now[0] += seconds
+        status = 200 if request.get_json()["user"] == "ok" else 400
+        return Response(json.dumps(OK_BODY), status=status, content_type="application/json")
+
+    expect_create(httpserver).respond_with_handler(slow_upstream)
+    client = make_client(base_url, clock=lambda: now[0])
+
+    assert client.create_session(workflow_id="wf_abc", user="ok").latency_ms == latency_ms
+    with pytest.raises(UpstreamHTTPError) as caught:
+        client.create_session(workflow_id="wf_abc", user="refused")
+    assert caught.value.latency_ms == latency_ms
 
 
 # --- network failures -----------------------------------------------------------------------
@@ -612,6 +961,67 @@ def test_hang_up_after_the_request_is_not_retried(raw_server, make_client, sleep
     assert caught.value.attempts == 1
     assert stats["requests"] == 1
     assert sleeps == []
+
+
+def test_urllib3_never_retries_on_its_own(closed_port, make_client, caplog):
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+
+    with pytest.raises(UpstreamNetworkError) as caught:
+        make_client(f"http://127.0.0.1:{closed_port}/v1").create_session(
+            workflow_id="wf_abc", user="user-1"
+        )
+
+    assert caught.value.error_message.startswith("NewConnectionError: ")
+    assert isinstance(caught.value.__cause__, requests.ConnectionError)
+    # Our loop made three attempts; a retrying pool would have made more connects of its own.
+    connects = [r for r in caplog.records if "Starting new HTTP connection" in r.getMessage()]
+    assert len(connects) == 3
+    assert not [r for r in caplog.records if r.getMessage().startswith("Retrying")]
+
+
+SSH_BANNER = "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3 " + "x" * 400
+
+
+@answering
+def ssh_banner(conn, stop) -> None:
+    """What the broker meets when its base URL names the wrong port: another protocol."""
+    conn.sendall(SSH_BANNER.encode() + b"\r\n")
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message", "status", "request_id"),
+    [
+        (
+            ssh_banner,
+            # Cut to 300 characters, "…" included.
+            f"ProtocolError: ('Connection aborted.', BadStatusLine('{SSH_BANNER}"[:299] + "…",
+            None,
+            None,
+        ),
+        (
+            cut_mid_body,
+            "ProtocolError: ('Connection broken: IncompleteRead(7 bytes read, 93 more expected)', "
+            "IncompleteRead(7 bytes read, 93 more expected))",
+            200,
+            "req_partial",
+        ),
+    ],
+    ids=["not-http", "dropped-in-body"],
+)
+def test_a_connection_failing_after_the_request_is_a_network_error_not_retried(
+    raw_server, make_client, sleeps, behaviour, message, status, request_id
+):
+    url, stats = raw_server(behaviour)
+
+    with pytest.raises(UpstreamNetworkError) as caught:
+        make_client(url).create_session(workflow_id="wf_abc", user="user-1")
+
+    error = caught.value
+    assert error.error_message == message
+    assert (error.status_code, error.request_id) == (status, request_id)
+    assert isinstance(error.__cause__, requests.ConnectionError | urllib3.exceptions.HTTPError)
+    assert (error.attempts, stats["requests"], sleeps) == (1, 1, [])  # it was sent: no retry
 
 
 # --- unusable 2xx ---------------------------------------------------------------------------
@@ -669,6 +1079,124 @@ def test_body_over_the_limit_is_an_invalid_response(httpserver, base_url, make_c
     assert "4096 bytes" in caught.value.error_message
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json  at\nall", "HTTP 200 body is not JSON: not json at all"),
+        (b"", "HTTP 200 body is not JSON: "),
+        (b"[1, 2, 3]", "HTTP 200 body is a JSON list, not an object"),
+        (b'"just a string"', "HTTP 200 body is a JSON str, not an object"),
+        (json.dumps({**OK_BODY, "id": ""}).encode(), "HTTP 200 body has no session 'id'"),
+        (json.dumps({**OK_BODY, "id": 123}).encode(), "HTTP 200 body has no session 'id'"),
+        (
+            json.dumps({**OK_BODY, "client_secret": 5}).encode(),
+            "HTTP 200 body has no 'client_secret'",
+        ),
+    ],
+    ids=["text", "empty", "array", "string", "blank-id", "numeric-id", "numeric-secret"],
+)
+def test_an_unusable_2xx_says_what_is_wrong(httpserver, base_url, make_client, body, message):
+    expect_create(httpserver).respond_with_data(
+        body, content_type="application/json", headers={"x-request-id": "req_odd"}
+    )
+
+    with pytest.raises(UpstreamInvalidResponse) as caught:
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert caught.value.error_message == message
+    assert (caught.value.status_code, caught.value.request_id) == (200, "req_odd")
+
+
+def test_a_long_unusable_2xx_is_described_in_300_characters(httpserver, base_url, make_client):
+    expect_create(httpserver).respond_with_data("<html>" + "y" * 2000, content_type="text/html")
+
+    with pytest.raises(UpstreamInvalidResponse) as caught:
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert len(caught.value.error_message) == 300
+    assert caught.value.error_message.startswith("HTTP 200 body is not JSON: <html>yyy")
+
+
+def test_optional_fields_may_be_missing_or_null(httpserver, base_url, make_client):
+    body = {"id": "cksess_min", "client_secret": CLIENT_SECRET, "workflow": None, "user": None}
+    expect_create(httpserver).respond_with_json(body)
+
+    result = make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert (result.session_id, result.client_secret) == ("cksess_min", CLIENT_SECRET)
+    assert (result.workflow_id, result.user, result.status, result.expires_at) == (None,) * 4
+
+
+def test_a_cancel_answer_without_a_secret_has_a_blank_one(httpserver, base_url, make_client):
+    body = {"id": "cksess_1", "client_secret": None, "status": "cancelled", "workflow": "wf_abc"}
+    httpserver.expect_request(f"{SESSIONS}/cksess_1/cancel", method="POST").respond_with_json(body)
+
+    result = make_client(base_url).cancel_session("cksess_1")
+
+    assert (result.session_id, result.client_secret, result.status) == ("cksess_1", "", "cancelled")
+    assert result.workflow_id is None  # not an object: ignored, not an error
+
+
+def test_a_body_of_exactly_the_limit_is_accepted(httpserver, base_url, make_client):
+    body = json.dumps(OK_BODY).encode()
+    expect_create(httpserver).respond_with_data(body, content_type="application/json")
+
+    result = make_client(base_url, max_body_bytes=len(body)).create_session(
+        workflow_id="wf_abc", user="user-1"
+    )
+
+    assert result.session_id == "cksess_123"
+
+
+@answering
+def endless_body(conn, stop) -> None:
+    """A 200 that streams without end, as fast as it is read (a misrouted event stream)."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+    while not stop.is_set():
+        conn.sendall(b"data: {}\n\n" * 100)
+
+
+def test_an_endless_body_is_cut_at_the_limit(raw_server, make_client):
+    url, _ = raw_server(endless_body)
+    client = make_client(url, max_body_bytes=100_000, total_timeout=5.0)
+
+    with pytest.raises(UpstreamInvalidResponse) as caught:
+        client.create_session(workflow_id="wf_abc", user="user-1")
+
+    assert caught.value.error_message == "HTTP 200 body larger than 100000 bytes"
+    assert caught.value.latency_ms < 5000  # stopped reading, not run out of time
+
+
+def test_a_gzipped_body_is_decoded(httpserver, base_url, make_client):
+    body = gzip.compress(json.dumps(OK_BODY).encode())
+    expect_create(httpserver).respond_with_data(
+        body, content_type="application/json", headers={"Content-Encoding": "gzip"}
+    )
+
+    result = make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert result.client_secret == CLIENT_SECRET
+
+
+@answering
+def two_parts(conn, stop) -> None:
+    """A 200 whose body arrives in two packets, a moment apart."""
+    body = json.dumps(OK_BODY).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    conn.sendall(head.encode() + body[:20])
+    if not stop.wait(0.1):
+        conn.sendall(body[20:])
+    conn.close()
+
+
+def test_a_body_in_several_parts_is_read_whole(raw_server, make_client):
+    url, _ = raw_server(two_parts)
+
+    result = make_client(url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert (result.session_id, result.client_secret) == ("cksess_123", CLIENT_SECRET)
+
+
 # --- secrets never leak ---------------------------------------------------------------------
 
 
@@ -724,6 +1252,30 @@ def test_network_errors_do_not_leak_the_key(closed_port, make_client, caplog):
 
 def test_config_repr_hides_the_key():
     assert API_KEY not in repr(ClientConfig(base_url="http://x", api_key=API_KEY))
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (401, json.dumps({"error": {"message": f"Incorrect API key provided: {GATEWAY_KEY}"}})),
+        (502, f"<pre>key={GATEWAY_KEY}</pre>"),
+        (200, f"<pre>key={GATEWAY_KEY}</pre>"),
+    ],
+    ids=["401-envelope", "502-page", "200-page"],
+)
+def test_a_key_in_a_gateways_own_format_never_leaks(
+    httpserver, base_url, make_client, caplog, status, body
+):
+    # A gateway in front of OpenAI has keys of its own shape, which no pattern knows.
+    expect_create(httpserver).respond_with_data(body, status=status)
+
+    with pytest.raises(UpstreamError) as caught:
+        make_client(base_url, api_key=GATEWAY_KEY, max_retries=0).create_session(
+            workflow_id="wf_abc", user="u"
+        )
+
+    assert GATEWAY_KEY not in all_text(caught.value, caplog)
+    assert "[REDACTED]" in caught.value.error_message
 
 
 # --- connections and threads ----------------------------------------------------------------
@@ -789,3 +1341,80 @@ def test_client_imports_without_django():
     root = Path(__file__).resolve().parents[2]
     code = "import sys, sessions_api.client; sys.exit('django' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+def test_close_can_be_called_again_and_again(keepalive_server, make_client):
+    url, _ = keepalive_server
+    client = make_client(url)
+    seen = [client._session()]
+
+    for _ in range(2):
+        client.close()
+        seen.append(client._session())
+
+    assert len({id(session) for session in seen}) == 3
+    assert client.create_session(workflow_id="wf_abc", user="u").session_id == "cksess_123"
+
+
+def test_config_strips_trailing_slashes_only():
+    config = ClientConfig(base_url="https://gateway.example/openai/vX//", api_key=API_KEY)
+    assert config.base_url == "https://gateway.example/openai/vX"
+
+
+def test_an_error_built_by_hand_has_safe_defaults():
+    error = UpstreamHTTPError(status_code=502)
+
+    assert (error.attempts, error.latency_ms, error.retry_after) == (0, 0, None)
+    assert (error.error_message, error.args) == ("", ("",))
+    assert str(error) == "UpstreamHTTPError status=502 attempts=0: "
+    assert UpstreamHTTPError(error_message="slow").args == ("slow",)
+
+
+def test_an_errors_text_is_cut_at_500_characters():
+    error = UpstreamHTTPError(error_message="z" * 600)
+    assert str(error) == "UpstreamHTTPError attempts=0: " + "z" * 499 + "…"
+
+
+def client_log(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "sessions_api.client"]
+
+
+def test_failures_and_late_successes_are_logged_for_operators(
+    httpserver, base_url, make_client, caplog
+):
+    caplog.set_level(logging.INFO, logger="sessions_api.client")
+    expect_create(httpserver, oneshot=True).respond_with_data("bad gateway", status=502)
+    expect_create(httpserver, oneshot=True).respond_with_json(OK_BODY)
+
+    make_client(base_url, clock=lambda: 0.0).create_session(workflow_id="wf_abc", user="u")
+
+    warning, info = client_log(caplog)
+    assert re.fullmatch(
+        r"chatkit create attempt 1 failed, 0 ms into the call: UpstreamHTTPError status=502 "
+        r"attempts=1: bad gateway; retrying in 0\.(1[3-9]|2[0-5])s",
+        warning,
+    ), warning
+    assert info == "chatkit create succeeded after 2 attempts"
+
+
+def test_a_first_time_success_logs_nothing(httpserver, base_url, make_client, caplog):
+    caplog.set_level(logging.INFO, logger="sessions_api.client")
+    expect_create(httpserver).respond_with_json(OK_BODY)
+
+    make_client(base_url).create_session(workflow_id="wf_abc", user="u")
+
+    assert client_log(caplog) == []
+
+
+def test_a_failed_cancel_is_logged_as_a_cancel(httpserver, base_url, make_client, caplog):
+    httpserver.expect_request(f"{SESSIONS}/cksess_9/cancel", method="POST").respond_with_json(
+        {"error": {"message": "Chatkit Session with id 'cksess_9' not found."}}, status=404
+    )
+
+    with pytest.raises(UpstreamHTTPError):
+        make_client(base_url, clock=lambda: 0.0).cancel_session("cksess_9")
+
+    assert client_log(caplog) == [
+        "chatkit cancel attempt 1 failed, 0 ms into the call: UpstreamHTTPError status=404 "
+        "attempts=1: Chatkit Session with id 'cksess_9' not found.; giving up"
+    ]
