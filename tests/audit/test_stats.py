@@ -162,6 +162,51 @@ def test_batches_cover_the_whole_backlog():
     assert not AttemptBacklog.objects.exists()
 
 
+def test_an_empty_backlog_folds_nothing():
+    assert attempt_stats_aggregate() == 0
+    assert not AttemptMinuteStat.objects.exists()
+    window = {"since": T0 - timedelta(days=1), "until": T0 + timedelta(days=1)}
+    for granularity in ("minute", "hour", "day"):
+        assert stats_series(**window, granularity=granularity) == []
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_batch_as_large_as_the_backlog_or_one_row_at_a_time(batch_size):
+    record(T0, user_ref="u1")
+    record(T0 + timedelta(seconds=59), user_ref="u2")
+    failure(T0 + timedelta(minutes=1), user_ref="u1")
+
+    assert attempt_stats_aggregate(batch_size=batch_size) == 3
+    assert not AttemptBacklog.objects.exists()
+    assert (
+        table()
+        == from_scratch()
+        == {
+            (T0, WF, "success", 200, "", 2, 2),
+            (T0 + timedelta(minutes=1), WF, "upstream_error", 401, "invalid_api_key", 1, 1),
+        }
+    )
+
+
+def test_unicode_and_blank_workflows_are_counted_apart():
+    record(T0, workflow_id="wf_日本語", user_ref="anon_é")
+    record(T0 + timedelta(seconds=1), workflow_id="wf_日本語", user_ref="anon_é")
+    record(T0 + timedelta(seconds=2), workflow_id="", user_ref="u1")
+
+    attempt_stats_aggregate()
+
+    assert (
+        table()
+        == from_scratch()
+        == {
+            (T0, "wf_日本語", "success", 200, "", 2, 1),
+            (T0, "", "success", 200, "", 1, 1),
+        }
+    )
+    [row] = stats_series(since=T0, until=T0 + timedelta(minutes=1), workflow_id="wf_日本語")
+    assert (row["bucket"], row["attempts"], row["peak_users_per_minute"]) == (T0, 2, 1)
+
+
 def test_a_run_dying_mid_way_loses_nothing(monkeypatch):
     for i in range(5):
         record(T0 + timedelta(minutes=i))
@@ -225,6 +270,82 @@ def test_series_by_hour_and_day():
     ]
     with pytest.raises(ValueError):
         stats_series(**window, granularity="week")
+
+
+@pytest.mark.parametrize(
+    ("granularity", "since", "until", "buckets"),
+    [
+        ("minute", T0, T0 + timedelta(minutes=2), [T0, T0 + timedelta(minutes=1)]),
+        ("hour", T0, T0 + timedelta(hours=1), [T0]),
+        ("day", T0.replace(hour=0), T0.replace(hour=0) + timedelta(days=1), [T0.replace(hour=0)]),
+    ],
+)
+def test_series_include_since_and_exclude_until(granularity, since, until, buckets):
+    record(since - timedelta(microseconds=1), user_ref="before")
+    record(since, user_ref="first")
+    record(until - timedelta(microseconds=1), user_ref="last")
+    record(until, user_ref="after")
+    attempt_stats_aggregate()
+
+    series = stats_series(since=since, until=until, granularity=granularity)
+
+    assert [row["bucket"] for row in series] == buckets
+    assert sum(row["attempts"] for row in series) == 2
+
+
+def test_series_are_ordered_by_bucket_then_key():
+    # Written in the reverse of the expected order, so the order is the query's, not the table's.
+    record(T0 + timedelta(hours=1), workflow_id="wf_a")
+    record(T0 + timedelta(minutes=1), workflow_id="wf_a", outcome="timeout", status_code=None)
+    record(T0, workflow_id="wf_b", outcome="timeout", status_code=None)
+    record(T0, workflow_id="wf_b")
+    failure(T0, workflow_id="wf_b")
+    failure(T0, workflow_id="wf_a")
+    attempt_stats_aggregate()
+    window = {"since": T0, "until": T0 + timedelta(hours=2)}
+
+    def keys(series):
+        return [(row["bucket"], row["workflow_id"], row["outcome"]) for row in series]
+
+    m1, h1 = T0 + timedelta(minutes=1), T0 + timedelta(hours=1)
+    assert keys(stats_series(**window, granularity="minute")) == [
+        (T0, "wf_a", "upstream_error"),
+        (T0, "wf_b", "success"),
+        (T0, "wf_b", "timeout"),
+        (T0, "wf_b", "upstream_error"),
+        (m1, "wf_a", "timeout"),
+        (h1, "wf_a", "success"),
+    ]
+    assert keys(stats_series(**window, granularity="hour")) == [
+        (T0, "wf_a", "timeout"),
+        (T0, "wf_a", "upstream_error"),
+        (T0, "wf_b", "success"),
+        (T0, "wf_b", "timeout"),
+        (T0, "wf_b", "upstream_error"),
+        (h1, "wf_a", "success"),
+    ]
+
+
+def test_series_keep_key_order_for_rows_written_by_different_runs():
+    # Filtering by status reads the status index, where a minute's rows lie in the order the
+    # runs wrote them: a late row's minute gets its new key after the ones written before.
+    failure(T0 + timedelta(seconds=5), workflow_id="wf_b")
+    attempt_stats_aggregate()
+    failure(T0 + timedelta(seconds=10), workflow_id="wf_a")
+    attempt_stats_aggregate()
+    window = {"since": T0, "until": T0 + timedelta(hours=1), "status_code": 401}
+
+    for granularity in ("minute", "hour"):
+        series = stats_series(**window, granularity=granularity)
+        assert [(row["bucket"], row["workflow_id"]) for row in series] == [
+            (T0, "wf_a"),
+            (T0, "wf_b"),
+        ]
+
+
+def test_series_refuse_an_unknown_granularity_naming_the_known_ones():
+    with pytest.raises(ValueError, match="^granularity must be minute, hour or day$"):
+        stats_series(since=T0, until=T0 + timedelta(days=7), granularity="week")
 
 
 def _in_thread(target, errors: list):
