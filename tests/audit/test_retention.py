@@ -113,6 +113,69 @@ def test_statistics_survive_pruning():
     assert sum(AttemptMinuteStat.objects.values_list("attempts", flat=True)) == 5
 
 
+@pytest.mark.parametrize(("batch_size", "batches", "statements"), [(1, 3, 4), (3, 1, 2)])
+def test_batches_of_one_row_or_of_exactly_every_due_row(batch_size, batches, statements):
+    for i in range(3):
+        record(OLD + timedelta(minutes=i))
+    kept = record(NOW)
+
+    with CaptureQueriesContext(connection) as queries:
+        result = audit_prune(older_than_days=30, batch_size=batch_size, now=NOW)
+
+    assert (result.deleted, result.batches, result.kept) == (3, batches, 0)
+    # A full batch may hide more rows: one more DELETE finds none.
+    assert len(deletes_of_audit_rows(queries.captured_queries)) == statements
+    assert list(SessionAttempt.objects.values_list("pk", flat=True)) == [kept.pk]
+
+
+def test_the_nightly_default_deletes_5000_rows_per_transaction():
+    SessionAttempt.objects.bulk_create(
+        SessionAttempt(created_at=OLD + timedelta(seconds=i), outcome="success", status_code=200)
+        for i in range(5000)
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        result = audit_prune(older_than_days=30, now=NOW)
+
+    assert (result.deleted, result.batches) == (5000, 1)
+    assert len(deletes_of_audit_rows(queries.captured_queries)) == 2
+    assert not SessionAttempt.objects.exists()
+
+
+def test_a_row_exactly_at_the_cutoff_is_kept():
+    cutoff = NOW - timedelta(days=30)
+    due = record(cutoff - timedelta(microseconds=1))
+    at_cutoff = record(cutoff)
+
+    assert audit_prune(older_than_days=30, dry_run=True, now=NOW).deleted == 1
+    result = audit_prune(older_than_days=30, now=NOW)
+
+    assert (result.cutoff, result.deleted, result.kept) == (cutoff, 1, 0)
+    assert not SessionAttempt.objects.filter(pk=due.pk).exists()
+    assert SessionAttempt.objects.filter(pk=at_cutoff.pk).exists()
+
+
+def test_an_empty_table_prunes_nothing():
+    assert audit_prune(older_than_days=30, dry_run=True, now=NOW).deleted == 0
+    result = audit_prune(older_than_days=30, now=NOW)
+    assert (result.deleted, result.batches, result.kept) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"older_than_days": 0}, "older_than_days must be at least 1"),
+        ({"older_than_days": -1}, "older_than_days must be at least 1"),
+        ({"older_than_days": 30, "batch_size": 0}, "batch_size must be at least 1"),
+    ],
+)
+def test_refuses_nonsense_naming_the_argument(arguments, message):
+    record(OLD)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        audit_prune(now=NOW, **arguments)
+    assert SessionAttempt.objects.count() == 1
+
+
 def test_command_reports_what_it_removed(settings):
     settings.AUDIT_RETENTION_DAYS = 30
     long_ago = timezone.now() - timedelta(days=31)
