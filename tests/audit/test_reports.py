@@ -1,11 +1,14 @@
 import json
+import smtplib
 import socket
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from django.core.mail.backends import locmem
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -15,6 +18,7 @@ from audit.reports import (
     email_retry_delay,
     error_report_build,
     error_report_create_and_send,
+    error_report_email,
     error_report_period,
     error_report_render_text,
     error_reports_email_due,
@@ -169,6 +173,225 @@ def test_text_rendering(known_day):
     assert "critical upstream_auth  status 401, workflow wf_alpha, 3 attempts, firing" in text
     assert text.endswith("In the admin: https://ops.example/x\n")
     assert "ada" not in text  # the logged-in username never appears, only refs at most
+
+
+KNOWN_DAY_TEXT = """\
+ChatKit session broker: error report
+Period: 2026-03-03 00:00 to 2026-03-04 00:00 UTC
+
+Attempts:     11 (+6, +120.0% on the previous period)
+Success rate: 54.55% (-25.45 points on the previous period)
+Errors:       5 (+4, +400.0% on the previous period)
+Upstream latency: p50 200.0 ms, p95 560.0 ms (9 timed attempts)
+
+Errors by upstream status (0: no answer)
+  0    2
+  401  2
+  404  1
+
+Errors by upstream error code
+  invalid_api_key     2
+  workflow_not_found  1
+
+Attempts by outcome
+  success         6
+  upstream_error  3
+  rejected        1
+  timeout         1
+
+Attempts by workflow
+  wf_alpha  10 (4 errors)
+  wf_beta   1 (1 errors)
+
+Most frequent upstream error messages
+  2x  Incorrect API key provided
+  1x  Upstream timed out
+  1x  Workflow not found
+
+Alerts fired: 2
+  warning upstream_unavailable  status -, workflow -, 12 attempts, resolved, first seen \
+2026-03-03 01:00 UTC
+  critical upstream_auth        status 401, workflow wf_alpha, 3 attempts, firing, first seen \
+2026-03-03 09:02 UTC
+"""
+
+
+def test_whole_text_of_a_known_day(known_day):
+    # Raised before the fixture's alert but stored after it; no status, no workflow.
+    alert(
+        DAY + timedelta(hours=1),
+        fingerprint="fp-down",
+        rule="upstream_unavailable",
+        severity="warning",
+        status_code=None,
+        workflow_id="",
+        count=12,
+        state="resolved",
+    )
+    alert(NEXT_DAY, fingerprint="fp-next")  # the next period
+    record(DAY + timedelta(hours=11), "rejected", error_message="", latency_ms=None)
+    record(NEXT_DAY, "timeout", error_message="Upstream timed out")  # the next period
+
+    data = error_report_build(since=DAY, until=NEXT_DAY)
+
+    assert error_report_render_text(data) == KNOWN_DAY_TEXT
+    linked = error_report_render_text(data, admin_url="https://broker.example/admin/x")
+    assert linked == f"{KNOWN_DAY_TEXT}\nIn the admin: https://broker.example/admin/x\n"
+
+
+EMPTY_DAY_TEXT = """\
+ChatKit session broker: error report
+Period: 2026-03-03 00:00 to 2026-03-04 00:00 UTC
+
+Attempts:     0 (+0 on the previous period)
+Success rate: n/a (no previous figure)
+Errors:       0 (+0 on the previous period)
+Upstream latency: no timed attempts (or raw rows already pruned)
+
+Errors by upstream status (0: no answer)
+  (none)
+
+Errors by upstream error code
+  (none)
+
+Attempts by outcome
+  (none)
+
+Attempts by workflow
+  (none)
+
+Most frequent upstream error messages
+  (none)
+
+Alerts fired: 0
+  (none)
+"""
+
+
+def test_whole_text_of_an_empty_day_without_an_admin_link():
+    text = error_report_render_text(error_report_build(since=DAY, until=NEXT_DAY))
+    assert text == EMPTY_DAY_TEXT
+
+
+def test_success_rate_after_an_empty_period_has_no_previous_figure():
+    healthy_day()
+    text = error_report_render_text(error_report_build(since=DAY, until=NEXT_DAY))
+    assert "Success rate: 100.00% (no previous figure)\n" in text
+    assert "Attempts:     9 (+9 on the previous period)\n" in text
+
+
+def test_rates_and_changes_are_rounded_to_four_decimals():
+    for minute in range(7):
+        record(DAY - timedelta(hours=12, minutes=minute))
+    record(DAY + timedelta(hours=1))
+    record(DAY + timedelta(hours=2))
+    record(DAY + timedelta(hours=3), "upstream_error", status_code=500, error_message="Oops")
+
+    data = error_report_build(since=DAY, until=NEXT_DAY)
+
+    assert (data["attempts"], data["success_rate"], data["previous"]["success_rate"]) == (
+        3,
+        0.6667,
+        1.0,
+    )
+    assert data["change"]["attempts"] == {"absolute": -4, "relative": -0.5714}
+    assert data["change"]["success_rate"] == {"absolute": -0.3333, "relative": -0.3333}
+    assert data["change"]["errors"] == {"absolute": 1, "relative": None}
+    text = error_report_render_text(data)
+    assert "Attempts:     3 (-4, -57.1% on the previous period)\n" in text
+    assert "Success rate: 66.67% (-33.33 points on the previous period)\n" in text
+
+
+@pytest.mark.parametrize(
+    ("latencies", "p50", "p95"),
+    [([250], 250.0, 250.0), ([100, 101], 100.5, 101.0), ([100, 200, 300, 400], 250.0, 385.0)],
+)
+def test_latency_percentiles_are_interpolated_to_a_tenth(latencies, p50, p95):
+    for i, latency in enumerate(latencies):
+        record(DAY + timedelta(minutes=i), latency_ms=latency)
+    record(DAY + timedelta(minutes=30), "network_error", latency_ms=None)  # no upstream answer
+
+    latency = error_report_build(since=DAY, until=NEXT_DAY)["latency_ms"]
+
+    # [100, 101]: p95 is 100.95, shown as 101.0.
+    assert latency == {"samples": len(latencies), "p50": p50, "p95": p95}
+
+
+def test_most_frequent_messages_first_then_alphabetical_at_most_ten():
+    for _ in range(3):
+        record(DAY + timedelta(hours=1), "upstream_error", error_message="Workflow not found")
+    record(DAY + timedelta(hours=2), "upstream_error", error_message="Incorrect API key provided")
+    record(DAY + timedelta(hours=2), "upstream_error", error_message="Modèle introuvable: wf_ü")
+    for i in range(10):
+        record(DAY + timedelta(hours=3), "timeout", error_message=f"Upstream timed out ({i})")
+    record(DAY + timedelta(hours=4), "not_configured", error_message="")  # no message: not listed
+    record(DAY + timedelta(hours=4), "upstream_error", error_message="Workflow not found")
+
+    top = error_report_build(since=DAY, until=NEXT_DAY)["top_error_messages"]
+
+    assert top[:4] == [
+        {"message": "Workflow not found", "count": 4},
+        {"message": "Incorrect API key provided", "count": 1},
+        {"message": "Modèle introuvable: wf_ü", "count": 1},
+        {"message": "Upstream timed out (0)", "count": 1},
+    ]
+    assert [row["message"] for row in top[4:]] == [f"Upstream timed out ({i})" for i in range(1, 7)]
+
+
+def test_workflows_with_as_many_attempts_are_listed_by_id():
+    record(DAY + timedelta(hours=1), workflow_id="wf_b")
+    record(DAY + timedelta(hours=2), "timeout", workflow_id="wf_a")
+    record(DAY + timedelta(hours=3), workflow_id="wf_c")
+    record(DAY + timedelta(hours=3), workflow_id="wf_c")
+
+    by_workflow = error_report_build(since=DAY, until=NEXT_DAY)["by_workflow"]
+
+    assert by_workflow == [
+        {"workflow_id": "wf_c", "attempts": 2, "errors": 0},
+        {"workflow_id": "wf_a", "attempts": 1, "errors": 1},
+        {"workflow_id": "wf_b", "attempts": 1, "errors": 0},
+    ]
+
+
+def test_report_ends_are_whole_minutes_in_utc_whatever_the_time_zone(settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+    berlin = ZoneInfo("Europe/Berlin")
+    since = datetime(2026, 3, 3, 10, 0, 30, 500_000, tzinfo=UTC)
+    until = datetime(2026, 3, 3, 11, 0, 45, tzinfo=UTC)
+    record(since - timedelta(seconds=20), "timeout", error_message="In the first minute")
+    record(since.replace(minute=59, second=59), "timeout", error_message="In the last minute")
+    # Before `until` itself, but inside its minute, which belongs to the next period.
+    record(until - timedelta(seconds=5), "timeout", error_message="After the period")
+
+    data = error_report_build(since=since.astimezone(berlin), until=until.astimezone(berlin))
+
+    assert (data["since"], data["until"]) == (
+        "2026-03-03T10:00:00+00:00",
+        "2026-03-03T11:00:00+00:00",
+    )
+    # The counts and the raw-row figures describe the same attempts.
+    assert data["attempts"] == 2
+    assert [row["message"] for row in data["top_error_messages"]] == [
+        "In the first minute",
+        "In the last minute",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("period", "start", "end"),
+    [
+        ("hourly", datetime(2026, 3, 4, 9, tzinfo=UTC), datetime(2026, 3, 4, 10, tzinfo=UTC)),
+        ("daily", datetime(2026, 3, 3, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC)),
+        ("weekly", datetime(2026, 2, 23, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)),
+    ],
+)
+def test_period_is_aligned_in_utc_whatever_the_time_zone(settings, period, start, end):
+    settings.TIME_ZONE = "Asia/Kolkata"  # UTC+05:30: local hours start at half past UTC hours
+    moment = datetime(2026, 3, 4, 10, 59, 59, 999_999, tzinfo=UTC)
+    assert error_report_period(period=period, end=moment.astimezone(ZoneInfo("Asia/Kolkata"))) == (
+        start,
+        end,
+    )
 
 
 @pytest.mark.parametrize(
@@ -348,6 +571,16 @@ def smtp_back(settings) -> None:
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 
+def report_whose_email_failed(settings) -> datetime:
+    """A healthy day's report, built while SMTP was down, which is back now; when it was built."""
+    healthy_day()
+    built = NEXT_DAY + timedelta(minutes=15)
+    with time_machine.travel(built, tick=False):
+        error_report_create_and_send(period_end=built)
+    smtp_back(settings)
+    return built
+
+
 def test_a_failed_email_is_retried_by_the_sweep_with_backoff(smtp_down, settings, mailoutbox):
     healthy_day()
     built = NEXT_DAY + timedelta(minutes=15)
@@ -386,11 +619,7 @@ def test_email_retry_delay_doubles_up_to_an_hour(failures, delay):
 
 
 def test_the_sweep_gives_up_a_day_after_the_report(smtp_down, settings, mailoutbox):
-    healthy_day()
-    built = NEXT_DAY + timedelta(minutes=15)
-    with time_machine.travel(built, tick=False):
-        error_report_create_and_send(period_end=built)
-    smtp_back(settings)
+    built = report_whose_email_failed(settings)
 
     with time_machine.travel(built + EMAIL_RETRY_FOR + timedelta(seconds=1), tick=False):
         assert error_reports_email_due() == 0
@@ -422,6 +651,122 @@ def test_the_sweep_leaves_reports_alone_without_recipients(settings, mailoutbox)
     settings.ALERT_EMAIL_TO = ["ops@example.com"]
     assert error_reports_email_due() == 0  # never due: it was built with nobody to send it to
     assert not mailoutbox
+
+
+timeouts: list = []
+
+
+class TimeoutRecordingBackend(locmem.EmailBackend):
+    """The test outbox, noting the timeout each connection was opened with."""
+
+    def __init__(self, *, timeout=None, **kwargs):
+        super().__init__(**kwargs)
+        timeouts.append(timeout)
+
+
+class RefusingBackend(locmem.EmailBackend):
+    """An SMTP server that refuses the message with a very long explanation."""
+
+    def send_messages(self, messages):
+        raise smtplib.SMTPDataError(554, "Message refused: " + "policy " * 500)
+
+
+@pytest.mark.parametrize(("configured", "used"), [(7, 7), (None, 30), (0, 30)])
+def test_report_email_has_a_timeout_even_without_email_timeout(
+    settings, mailoutbox, configured, used
+):
+    settings.EMAIL_BACKEND = f"{__name__}.TimeoutRecordingBackend"
+    settings.EMAIL_TIMEOUT = configured
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+    timeouts.clear()
+    healthy_day()
+
+    error_report_create_and_send(period_end=NEXT_DAY)
+
+    assert timeouts == [used]
+    assert len(mailoutbox) == 1
+
+
+def test_email_subject_gives_the_period_errors_and_success_rate(known_day, settings, mailoutbox):
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+    settings.DEFAULT_FROM_EMAIL = "broker@example.com"
+
+    error_report_create_and_send(period_end=NEXT_DAY)
+
+    [message] = mailoutbox
+    assert message.subject == (
+        "ChatKit broker error report 2026-03-03 00:00 UTC: 4 errors, success rate 60.00%"
+    )
+    assert message.from_email == "broker@example.com"
+
+
+def test_emailing_a_sent_report_again_sends_nothing(settings, mailoutbox):
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+    report = error_report_create_and_send(period_end=NEXT_DAY)
+    assert len(mailoutbox) == 1
+
+    assert error_report_email(report_id=report.pk) is False
+    assert len(mailoutbox) == 1
+    assert ErrorReport.objects.get().email_attempts == 1
+
+
+def test_a_long_smtp_refusal_is_stored_cut_to_2000_characters(settings, mailoutbox):
+    settings.EMAIL_BACKEND = f"{__name__}.RefusingBackend"
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+
+    report = error_report_create_and_send(period_end=NEXT_DAY)
+
+    assert report.emailed_at is None and report.email_attempts == 1
+    assert report.email_error.startswith("SMTPDataError: (554, 'Message refused: policy policy")
+    assert len(report.email_error) == 2000
+
+
+def test_a_report_built_without_recipients_is_not_sent_with_a_later_one(settings, mailoutbox):
+    settings.ERROR_REPORT_PERIOD = "daily"
+    settings.ALERT_EMAIL_TO = []
+    unsent = error_report_create_and_send(period_end=DAY)
+
+    settings.ALERT_EMAIL_TO = ["ops@example.com"]
+    sent = error_report_create_and_send(period_end=NEXT_DAY)
+
+    unsent.refresh_from_db()
+    assert (unsent.emailed_at, unsent.email_retry_at) == (None, None)
+    assert sent.emailed_at is not None
+    assert error_reports_email_due() == 0
+    assert [message.body for message in mailoutbox] == [sent.text]
+
+
+def test_a_rerun_dying_before_the_email_keeps_the_backoff(smtp_down, settings, mailoutbox):
+    built = report_whose_email_failed(settings)
+    report = ErrorReport.objects.get()
+    assert report.email_retry_at == built + timedelta(minutes=1)
+
+    with (
+        time_machine.travel(built + timedelta(seconds=10), tick=False),
+        mock.patch("audit.reports.error_report_email"),
+    ):
+        error_report_create_and_send(period_end=built)
+    report.refresh_from_db()
+
+    assert report.email_retry_at == built + timedelta(minutes=1)
+    with time_machine.travel(built + timedelta(seconds=10), tick=False):
+        assert error_reports_email_due() == 0
+    assert not mailoutbox
+
+
+def test_the_sweep_sends_nothing_once_recipients_are_removed(smtp_down, settings, mailoutbox):
+    built = report_whose_email_failed(settings)
+    settings.ALERT_EMAIL_TO = []
+
+    with time_machine.travel(built + timedelta(minutes=5), tick=False):
+        assert error_reports_email_due() == 0
+
+    assert not mailoutbox
+    assert ErrorReport.objects.get().email_attempts == 1
 
 
 @pytest.mark.parametrize(
