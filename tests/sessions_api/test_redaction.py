@@ -43,9 +43,10 @@ def test_redact_exact_secrets_first_and_longest_first():
 
 
 def test_redact_replaces_a_secret_that_contains_another_whole():
-    # Sorted by length, not by text: "9f2c" sorts after "x9f2c" and would leave an "x" behind.
-    assert redact("password=x9f2c", ["9f2c", "x9f2c"]) == "password=[REDACTED]"
-    assert redact("password=x9f2c", ["x9f2c", "9f2c"]) == "password=[REDACTED]"
+    # By length, not by text: "hunter2" sorts after "Hunter2hunter2" and would leave "Hunter2".
+    text = "token=Hunter2hunter2"
+    assert redact(text, ["hunter2", "Hunter2hunter2"]) == "token=[REDACTED]"
+    assert redact(text, ["Hunter2hunter2", "hunter2"]) == "token=[REDACTED]"
 
 
 def test_redact_is_idempotent():
