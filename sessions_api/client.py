@@ -351,7 +351,8 @@ class ChatKitClient:
 
 def _from_requests(exc: requests.RequestException, api_key: str) -> tuple[UpstreamError, bool]:
     """Map a requests failure to our error, and say whether the request may have been sent."""
-    inner: Any = exc.args[0] if exc.args else exc
+    # requests wraps urllib3's error as args[0]; its own errors (bad URL, bad header) hold text.
+    inner: Any = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
     if isinstance(inner, MaxRetryError) and inner.reason is not None:
         inner = inner.reason
     message = _describe(inner, api_key)
@@ -369,7 +370,8 @@ def _from_requests(exc: requests.RequestException, api_key: str) -> tuple[Upstre
     else:
         # Hang-up after sending (RemoteDisconnected, reset), TLS, proxy, bad URL: no retry.
         error, sent = UpstreamNetworkError(error_message=message), True
-    error.__cause__ = exc
+    # A refused header's message quotes its value, key included: a traceback must not show it.
+    error.__cause__ = None if isinstance(exc, requests.exceptions.InvalidHeader) else exc
     return error, sent
 
 

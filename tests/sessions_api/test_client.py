@@ -1418,3 +1418,24 @@ def test_a_failed_cancel_is_logged_as_a_cancel(httpserver, base_url, make_client
         "chatkit cancel attempt 1 failed, 0 ms into the call: UpstreamHTTPError status=404 "
         "attempts=1: Chatkit Session with id 'cksess_9' not found.; giving up"
     ]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "api_key", "message"),
+    [
+        ("api.openai.com/v1", API_KEY, "MissingSchema: Invalid URL 'api.openai.com/v1/chatkit/"),
+        # A key pasted with its file's newline (a secret made from a file): requests refuses the
+        # header, and its message, which quotes the key, must not reach a traceback either.
+        ("http://127.0.0.1:9/v1", GATEWAY_KEY + "\n", "InvalidHeader: Invalid leading whitespace"),
+    ],
+    ids=["no-scheme", "key-with-newline"],
+)
+def test_a_misconfiguration_names_itself_and_is_not_retried(
+    make_client, sleeps, caplog, base_url, api_key, message
+):
+    with pytest.raises(UpstreamNetworkError) as caught:
+        make_client(base_url, api_key=api_key).create_session(workflow_id="wf_abc", user="u")
+
+    assert caught.value.error_message.startswith(message)
+    assert (caught.value.attempts, sleeps) == (1, [])
+    assert GATEWAY_KEY not in all_text(caught.value, caplog)
