@@ -820,7 +820,22 @@ def test_read_timeout_is_not_retried(raw_server, make_client, sleeps):
     assert sleeps == []
 
 
-@pytest.mark.parametrize("behaviour", [silent, stall_mid_body], ids=["no-answer", "stalled-body"])
+@answering
+def drip_then_stall(conn, stop) -> None:
+    """A 200 whose body trickles for most of the budget, then stops."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(16):  # 0.8 s
+        if stop.wait(0.05):
+            return
+        conn.sendall(b" ")
+    stop.wait()
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [silent, stall_mid_body, drip_then_stall],
+    ids=["no-answer", "stalled-body", "stalled-late"],
+)
 def test_budget_holds_when_upstream_goes_silent(raw_server, make_client, behaviour):
     url, _ = raw_server(behaviour)
     # Each read may wait read_timeout, but never past what is left of the budget.
@@ -1069,14 +1084,36 @@ def test_unusable_2xx_is_an_invalid_response(httpserver, base_url, make_client, 
 
 def test_body_over_the_limit_is_an_invalid_response(httpserver, base_url, make_client):
     body = {**OK_BODY, "padding": "x" * 5000}
-    expect_create(httpserver).respond_with_json(body)
+    expect_create(httpserver).respond_with_json(body, headers={"x-request-id": "req_big"})
 
     with pytest.raises(UpstreamInvalidResponse) as caught:
         make_client(base_url, max_body_bytes=4096).create_session(
             workflow_id="wf_abc", user="user-1"
         )
 
-    assert "4096 bytes" in caught.value.error_message
+    assert caught.value.error_message == "HTTP 200 body larger than 4096 bytes"
+    assert (caught.value.status_code, caught.value.request_id) == (200, "req_big")
+
+
+@answering
+def limit_then_one_more(conn, stop) -> None:
+    """A 200 whose body is one byte over the limit, its first LIMIT bytes in a packet alone."""
+    body = json.dumps({**OK_BODY, "padding": "x" * 4096}).encode()[:LIMIT] + b" "
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:LIMIT])
+    if not stop.wait(0.1):
+        conn.sendall(body[LIMIT:])
+
+
+LIMIT = 4096
+
+
+def test_one_byte_over_the_limit_is_too_large_however_it_arrives(raw_server, make_client):
+    url, _ = raw_server(limit_then_one_more)
+
+    with pytest.raises(UpstreamInvalidResponse) as caught:
+        make_client(url, max_body_bytes=LIMIT).create_session(workflow_id="wf_abc", user="u")
+
+    assert caught.value.error_message == f"HTTP 200 body larger than {LIMIT} bytes"
 
 
 @pytest.mark.parametrize(
