@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,12 +73,13 @@ def main() -> int:
         scores = [mutate(module, args.jobs) for module in args.modules or MODULES]
 
     print(f"\nMutation scores (target {TARGET:.0f} % killed per module)")
-    print(f"  {'module':<28} {'killed':>7} {'total':>6} {'score':>7}  survivors")
+    print(f"  {'module':<28} {'killed':>7} {'total':>6} {'score':>7} {'time':>7}  survivors")
     for score in scores:
         mark = "" if score.passed else "  BELOW TARGET"
+        minutes, seconds = divmod(round(score.seconds), 60)
         print(
-            f"  {score.module:<28} {score.killed:>7} {score.total:>6} "
-            f"{score.percent:>6.1f}%  {len(score.survivors)}{mark}"
+            f"  {score.module:<28} {score.killed:>7} {score.total:>6} {score.percent:>6.1f}% "
+            f"{minutes:>3}m{seconds:02}s  {len(score.survivors)}{mark}"
         )
     return 0 if all(score.passed for score in scores) else 1
 
@@ -88,6 +90,7 @@ class Score:
     killed: int
     total: int
     survivors: dict[str, str]  # mutant name → status
+    seconds: float = 0.0
 
     @property
     def percent(self) -> float:
@@ -103,11 +106,13 @@ def mutate(module: str, jobs: int) -> Score:
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k not in DROPPED_VARIABLES}
     command = [sys.executable, __file__, "--child", f"--jobs={jobs}", module]
+    started = time.monotonic()
     code = subprocess.run(command, env=env, check=False).returncode
     score = read_score(module)
+    score.seconds = time.monotonic() - started
     if code != 0:
         print(f"mutmut failed on {module} (exit {code}); counted as 0 killed")
-        return Score(module, 0, max(score.total, 1), score.survivors)
+        return Score(module, 0, max(score.total, 1), score.survivors, score.seconds)
     for name, status in score.survivors.items():
         print(f"\n--- {status}: {name}\n{diff(name, module)}")
     return score
