@@ -364,6 +364,18 @@ def test_cancel_posts_without_body_to_the_quoted_path(httpserver, base_url, make
 # --- success --------------------------------------------------------------------------------
 
 
+def test_latency_includes_the_upstream_wait(httpserver, base_url, make_client):
+    def slow(request):
+        time.sleep(0.05)
+        return Response(json.dumps(OK_BODY), content_type="application/json")
+
+    expect_create(httpserver).respond_with_handler(slow)
+
+    result = make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    assert result.latency_ms >= 50
+
+
 def test_success_is_parsed_into_a_session_result(httpserver, base_url, make_client):
     expect_create(httpserver).respond_with_json(
         {**OK_BODY, "expires_at": "1712349876"}, headers={"x-request-id": "req_abc"}
@@ -382,7 +394,6 @@ def test_success_is_parsed_into_a_session_result(httpserver, base_url, make_clie
         attempts=1,
         latency_ms=result.latency_ms,
     )
-    assert result.latency_ms >= 0
     assert CLIENT_SECRET not in repr(result)
     assert CLIENT_SECRET not in str(result)
 
