@@ -223,7 +223,10 @@ def error_report_render_text(data: dict, *, admin_url: str = "") -> str:
     lines += _table(
         "Attempts by workflow",
         [
-            (row["workflow_id"] or "(none)", f"{row['attempts']:,} ({row['errors']:,} errors)")
+            (
+                row["workflow_id"] or "(none)",
+                f"{row['attempts']:,} ({row['errors']:,} error{'' if row['errors'] == 1 else 's'})",
+            )
             for row in data["by_workflow"]
         ],
     )

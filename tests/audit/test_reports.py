@@ -201,7 +201,7 @@ Attempts by outcome
 
 Attempts by workflow
   wf_alpha  10 (4 errors)
-  wf_beta   1 (1 errors)
+  wf_beta   1 (1 error)
 
 Most frequent upstream error messages
   2x  Incorrect API key provided
