@@ -1081,6 +1081,7 @@ def test_a_connection_failing_after_the_request_is_a_network_error_not_retried(
     ],
 )
 def test_unusable_2xx_is_an_invalid_response(httpserver, base_url, make_client, caplog, body):
+    caplog.set_level(logging.DEBUG)  # so that the leak check below reads every log line
     expect_create(httpserver).respond_with_data(body, content_type="application/json")
 
     with pytest.raises(UpstreamInvalidResponse) as caught:
@@ -1455,6 +1456,8 @@ def test_a_first_time_success_logs_nothing(httpserver, base_url, make_client, ca
 
 
 def test_a_failed_cancel_is_logged_as_a_cancel(httpserver, base_url, make_client, caplog):
+    # Set, not inherited: a Celery worker started by an earlier test may have raised the level.
+    caplog.set_level(logging.INFO, logger="sessions_api.client")
     httpserver.expect_request(f"{SESSIONS}/cksess_9/cancel", method="POST").respond_with_json(
         {"error": {"message": "Chatkit Session with id 'cksess_9' not found."}}, status=404
     )
@@ -1481,6 +1484,7 @@ def test_a_failed_cancel_is_logged_as_a_cancel(httpserver, base_url, make_client
 def test_a_misconfiguration_names_itself_and_is_not_retried(
     make_client, sleeps, caplog, base_url, api_key, message
 ):
+    caplog.set_level(logging.DEBUG)  # so that the leak check below reads every log line
     with pytest.raises(UpstreamNetworkError) as caught:
         make_client(base_url, api_key=api_key).create_session(workflow_id="wf_abc", user="u")
 
