@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 import time_machine
 from django.conf import settings
+from django.db import OperationalError
 from django.utils import timezone
 
 from audit.alerting import SWEEP_HEARTBEAT, alerts_sweep
@@ -128,3 +129,15 @@ def test_each_scheduled_task_runs_on_a_real_worker(redis_worker, settings, mailo
     )
     assert [message.body for message in mailoutbox] == [report.text]
     assert AttemptMinuteStat.objects.filter(outcome="success").exists()  # the sweep aggregated
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/healthz", "/healthz/scheduler"])
+def test_health_answers_503_when_the_database_is_unreachable(client, monkeypatch, path):
+    def unreachable(**kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("broker.views.heartbeat_status", unreachable)
+    response = client.get(path)
+    assert response.status_code == 503
+    assert response.json() == {"status": "error", "database": "unreachable"}

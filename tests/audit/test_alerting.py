@@ -16,6 +16,7 @@ from django.utils import timezone
 from audit import alerting
 from audit.alerting.engine import alerts_evaluate, fingerprint
 from audit.alerting.rules import DEFAULT_RULES, AlertRule, alert_rules_resolve
+from audit.checks import alerting_settings_check
 from audit.models import (
     Alert,
     AlertNotification,
@@ -753,3 +754,18 @@ def test_fingerprints_are_stable_across_versions():
         == fingerprint(unavailable, "wf_1", 502)
         == sha256(b"upstream_unavailable|wf_1|*").hexdigest()[:32]
     )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "error"),
+    [
+        ("ALERT_WEBHOOK_URL", "ftp://hooks.example/x", "audit.E002"),
+        ("ALERT_WEBHOOK_URL", "https://", "audit.E002"),
+        ("ALERT_WEBHOOK_URL", "https://hooks.example/x", None),
+        ("ALERT_EMAIL_TO", ["ops@example.com", "oncall"], "audit.E003"),
+        ("ALERT_EMAIL_TO", ["ops@example.com"], None),
+    ],
+)
+def test_alert_destinations_are_checked(settings, setting, value, error):
+    setattr(settings, setting, value)
+    assert [message.id for message in alerting_settings_check()] == ([error] if error else [])
