@@ -769,3 +769,19 @@ def test_fingerprints_are_stable_across_versions():
 def test_alert_destinations_are_checked(settings, setting, value, error):
     setattr(settings, setting, value)
     assert [message.id for message in alerting_settings_check()] == ([error] if error else [])
+
+
+def test_an_incident_without_a_workflow_and_with_a_unicode_message(admin_client, settings):
+    """Ordinary data: callers that named no workflow, and an upstream that speaks French."""
+    settings.ALERT_ADMIN_BASE_URL = "https://ops.example/"
+    attempts(3, workflow="", error_message="Clé API incorrecte : « sk-[REDACTED] » ✗")
+    alerts_evaluate(now=T0 + timedelta(minutes=1))
+
+    payload = AlertNotification.objects.get(channel="webhook").payload
+    assert (payload["workflow_id"], payload["status_code"]) == ("", 401)
+    assert payload["sample_message"] == "Clé API incorrecte : « sk-[REDACTED] » ✗"
+    assert payload["text"].startswith("[CRITICAL] upstream_auth: upstream 401, 3 since ")
+    assert "workflow_id" not in payload["audit_url"]
+    assert json.loads(json.dumps(payload)) == payload
+    page = admin_client.get(payload["audit_url"].removeprefix("https://ops.example"))
+    assert page.status_code == 200 and len(page.context["cl"].result_list) == 3
