@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/broker_throughput.py
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/aggregate.py
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/alert_latency.py
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/compare.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
