@@ -8,6 +8,8 @@ import io
 import logging
 
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from rest_framework import exceptions
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.parsers import JSONParser
@@ -43,8 +45,11 @@ class SessionCreateThrottle(SimpleRateThrottle):
     """Caps how fast one user, or one IP address when logged out, can mint sessions.
 
     Every session spends our OpenAI quota. The counts live in the shared cache (Redis in
-    production), so the limit holds across gunicorn workers. When the cache is down the request
-    is allowed with a warning: serving the chat matters more than counting it.
+    production), so the limit holds across gunicorn workers and replicas. Each caller has a
+    fixed window that starts with its first request; counting is one atomic operation, so
+    parallel requests cannot slip past the limit (DRF's own throttle reads its history, then
+    writes it back). When the cache is down the request is allowed with a warning: serving the
+    chat matters more than counting it.
     """
 
     scope = "chatkit_session"
@@ -56,21 +61,45 @@ class SessionCreateThrottle(SimpleRateThrottle):
         if request.method != "POST":
             return True
         user = request.user
-        self.rate = (
+        rate = (
             settings.CHATKIT_THROTTLE_USER
             if user.is_authenticated
             else settings.CHATKIT_THROTTLE_ANON
         )
-        if not self.rate:
+        if not rate:
             return True
-        self.num_requests, self.duration = self.parse_rate(self.rate)
+        limit, window = self.parse_rate(rate)
         try:
-            return super().allow_request(request, view)
+            count, self.seconds_left = rate_count(self.get_cache_key(request, view), window)
         except Exception:  # noqa: BLE001 - a cache outage must not stop chats
             logger.warning("Throttle cache unavailable; allowing the session request.")
             return True
+        return count <= limit
+
+    def wait(self) -> int:
+        return self.seconds_left
 
     def get_cache_key(self, request, view) -> str:
         user = request.user
         ident = f"user-{user.pk}" if user.is_authenticated else f"ip-{self.get_ident(request)}"
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+def rate_count(key: str, window: int) -> tuple[int, int]:
+    """Count one request in key's window; return the count so far and the window's seconds left.
+
+    On Redis: one round trip, INCR, EXPIRE NX (only a window's first request starts its clock)
+    and TTL in one MULTI/EXEC, atomic across every process that shares the server. Any other
+    cache (the local-memory default without Redis) adds then increments, atomic per process,
+    and answers the whole window as the time left: an upper bound.
+    """
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        backend.add(key, 0, timeout=window)
+        return backend.incr(key), window
+    name = backend.make_and_validate_key(key)
+    # get_client() is the Redis cache backend's hook for reaching its redis-py client.
+    pipeline = backend._cache.get_client(name, write=True).pipeline(transaction=True)
+    pipeline.incr(name).expire(name, window, nx=True).ttl(name)
+    count, _, seconds_left = pipeline.execute()
+    return count, seconds_left if seconds_left > 0 else window
