@@ -68,7 +68,8 @@ class Run:
     p50_ms: float
     p99_ms: float
     errors: int
-    cpu_ms_per_request: float
+    cpu_ms_per_request: float  # server tree + PostgreSQL + Redis
+    services_ms_per_request: float  # PostgreSQL + Redis alone (included in the above)
     upstream_ms_per_request: float
 
 
@@ -160,11 +161,11 @@ def service_roots(table: dict) -> list[int]:
     return roots
 
 
-def cpu_reading(server: int, upstream: int) -> tuple[int, int]:
-    """(ticks of the server tree + PostgreSQL + Redis, ticks of the upstream tree)."""
+def cpu_reading(server: int, upstream: int) -> tuple[int, int, int]:
+    """CPU ticks so far of the server tree, of PostgreSQL + Redis, and of the upstream tree."""
     table = process_table()
-    measured = tree_ticks(table, server) + sum(tree_ticks(table, r) for r in service_roots(table))
-    return measured, tree_ticks(table, upstream)
+    services = sum(tree_ticks(table, root) for root in service_roots(table))
+    return tree_ticks(table, server), services, tree_ticks(table, upstream)
 
 
 # --- wrk -----------------------------------------------------------------------------------
@@ -271,16 +272,19 @@ def measure_server(variant, connections_list, upstream, upstream_port, options, 
         wait_until_up(url)  # GET answers 405 on both, which counts as up
         for connections in connections_list:
             wrk(url, connections, options.warmup, options.wrk_timeout)
-            before, upstream_before = cpu_reading(server.pid, upstream.pid)
+            before = cpu_reading(server.pid, upstream.pid)
             result = parse_wrk(wrk(url, connections, options.duration, options.wrk_timeout))
-            after, upstream_after = cpu_reading(server.pid, upstream.pid)
-            served = max(result["requests"], 1)
+            after = cpu_reading(server.pid, upstream.pid)
+            served_ms = [
+                (a - b) / CLOCK_TICKS * 1000 / max(result["requests"], 1)
+                for a, b in zip(after, before, strict=True)
+            ]
             runs[connections] = Run(
                 **result,
-                cpu_ms_per_request=(after - before) / CLOCK_TICKS * 1000 / served,
-                upstream_ms_per_request=(upstream_after - upstream_before)
-                / CLOCK_TICKS * 1000 / served,
-            )  # fmt: skip
+                cpu_ms_per_request=served_ms[0] + served_ms[1],
+                services_ms_per_request=served_ms[1],
+                upstream_ms_per_request=served_ms[2],
+            )
             print(f"    {variant:<15} {connections:>4} conns  {describe(runs[connections])}")
             if server.poll() is not None:
                 raise SystemExit(f"{variant} exited; see {scratch / (variant + '.log')}")
@@ -292,8 +296,9 @@ def measure_server(variant, connections_list, upstream, upstream_port, options, 
 def describe(run: Run) -> str:
     return (
         f"{run.rate:8.1f} req/s  p50 {run.p50_ms:7.1f} ms  p99 {run.p99_ms:7.1f} ms  "
-        f"errors {run.errors:>5}  CPU {run.cpu_ms_per_request:5.2f} ms/req  "
-        f"(upstream {run.upstream_ms_per_request:4.2f} ms/req)"
+        f"errors {run.errors:>5}  CPU {run.cpu_ms_per_request:5.2f} ms/req "
+        f"(PG+Redis {run.services_ms_per_request:4.2f}, "
+        f"upstream {run.upstream_ms_per_request:4.2f})"
     )
 
 
@@ -310,8 +315,8 @@ def spread(values: list[float], digits: int) -> str:
 def report(results: dict, points: list[tuple[int, int]], variants: list[str]) -> str:
     lines = [
         "| upstream | conns | server | req/s | p50 ms | p99 ms | errors | CPU ms/req |"
-        " upstream CPU ms/req |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        " of which PG+Redis | upstream CPU ms/req (excluded) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for latency, connections in points:
         for variant in variants:
@@ -323,6 +328,7 @@ def report(results: dict, points: list[tuple[int, int]], variants: list[str]) ->
                 f"| {spread([r.p99_ms for r in runs], 0)} "
                 f"| {sum(r.errors for r in runs)} "
                 f"| {spread([r.cpu_ms_per_request for r in runs], 2)} "
+                f"| {spread([r.services_ms_per_request for r in runs], 2)} "
                 f"| {spread([r.upstream_ms_per_request for r in runs], 2)} |"
             )
     lines += ["", "Ratio ours/naive (medians):", ""]
@@ -412,7 +418,8 @@ def main() -> int:
         raise SystemExit("Set DATABASE_URL to the local PostgreSQL server; see the docstring.")
 
     signal.signal(signal.SIGTERM, terminate_on_sigterm)
-    print(machine_facts(), flush=True)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a file
+    print(machine_facts())
     urls = {"database": recreate_database(database_url, BENCH_DB), "redis": redis_url}
     results: dict[tuple, list[Run]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as scratch_name:
