@@ -15,23 +15,28 @@ def health(request: HttpRequest) -> JsonResponse:
     The scheduler's state is reported too, but never fails this check: a web process cannot
     fix a stopped beat, and a load balancer would only take healthy web servers away.
     """
-    try:
-        scheduler = _scheduler()
-    except Exception:  # noqa: BLE001 - any database failure means "not ready"
-        return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
+    scheduler = _scheduler()
+    if scheduler is None:
+        return _database_unreachable()
     return JsonResponse({"status": "ok", "database": "ok", "scheduler": scheduler})
 
 
 @require_GET
 def scheduler_health(request: HttpRequest) -> JsonResponse:
     """503 when the minute sweep has not run lately (beat or worker stopped), for monitoring."""
-    try:
-        scheduler = _scheduler()
-    except Exception:  # noqa: BLE001 - any database failure means "not ready"
-        return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
+    scheduler = _scheduler()
+    if scheduler is None:
+        return _database_unreachable()
     return JsonResponse(scheduler, status=200 if scheduler["status"] == "ok" else 503)
 
 
-def _scheduler() -> dict:
-    # Reading the heartbeat is also the database check.
-    return heartbeat_status(name=SWEEP_HEARTBEAT, stale_after=SWEEP_STALE_AFTER_SECONDS)
+def _database_unreachable() -> JsonResponse:
+    return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
+
+
+def _scheduler() -> dict | None:
+    """The sweep's heartbeat; None when the database cannot be read (reading it is the check)."""
+    try:
+        return heartbeat_status(name=SWEEP_HEARTBEAT, stale_after=SWEEP_STALE_AFTER_SECONDS)
+    except Exception:  # noqa: BLE001 - any database failure means "not ready"
+        return None

@@ -68,8 +68,13 @@ def alerts_sweep() -> None:
 
     heartbeat_record(name=SWEEP_HEARTBEAT)
     failure = None
-    steps = (attempt_stats_aggregate, alerts_evaluate, notifications_redeliver)
-    for step in (*steps, error_reports_email_due):
+    steps = (
+        attempt_stats_aggregate,
+        alerts_evaluate,
+        notifications_redeliver,
+        error_reports_email_due,
+    )
+    for step in steps:
         try:
             step()
         except Exception as exc:  # noqa: BLE001 - one broken step must not stop the others

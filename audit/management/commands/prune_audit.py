@@ -1,7 +1,10 @@
 """`manage.py prune_audit`: delete old audit rows in small batches; statistics are kept."""
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from audit.retention import audit_prune
 
@@ -46,11 +49,14 @@ class Command(BaseCommand):
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
         try:
-            result = audit_prune(
-                older_than_days=older_than_days, batch_size=batch_size, dry_run=dry_run
-            )
-        except ValueError as exc:
-            raise CommandError(f"--{str(exc).replace('_', '-')}.") from None
+            timezone.now() - timedelta(days=older_than_days)
+        except OverflowError:
+            raise CommandError(
+                f"--older-than-days {older_than_days} reaches back before the year 1."
+            ) from None
+        result = audit_prune(
+            older_than_days=older_than_days, batch_size=batch_size, dry_run=dry_run
+        )
         cutoff = f"{result.cutoff:%Y-%m-%d %H:%M:%S} UTC"
         if result.dry_run:
             self.stdout.write(
