@@ -35,6 +35,11 @@ MODULES: dict[str, list[str]] = {
         "tests/sessions_api/test_apis.py",
     ],
     "sessions_api/redaction.py": ["tests/sessions_api/test_redaction.py"],
+    "sessions_api/drf.py": [
+        "tests/sessions_api/test_drf.py",
+        "tests/sessions_api/test_throttle.py",
+        "tests/sessions_api/test_csrf.py",
+    ],
     "audit/alerting/rules.py": ["tests/audit/test_alerting.py", "tests/audit/test_notify.py"],
     "audit/alerting/engine.py": ["tests/audit/test_alerting.py", "tests/audit/test_notify.py"],
     "audit/stats.py": ["tests/audit/test_stats.py"],

@@ -27,7 +27,8 @@ class CsrfSessionAuthentication(SessionAuthentication):
         try:
             super().enforce_csrf(request)
         except exceptions.PermissionDenied as exc:
-            raise errors.CsrfRejected(exc.detail) from exc
+            # The envelope says csrf_failed in its own words; DRF's reason stays in the cause.
+            raise errors.CsrfRejected() from exc
 
 
 class LimitedJSONParser(JSONParser):
@@ -98,8 +99,9 @@ def rate_count(key: str, window: int) -> tuple[int, int]:
         backend.add(key, 0, timeout=window)
         return backend.incr(key), window
     name = backend.make_and_validate_key(key)
-    # get_client() is the Redis cache backend's hook for reaching its redis-py client.
-    pipeline = backend._cache.get_client(name, write=True).pipeline(transaction=True)
+    # get_client() is the Redis cache backend's hook for reaching its redis-py client; a
+    # pipeline is a MULTI/EXEC transaction unless told otherwise.
+    pipeline = backend._cache.get_client(write=True).pipeline()
     pipeline.incr(name).expire(name, window, nx=True).ttl(name)
     count, _, seconds_left = pipeline.execute()
-    return count, seconds_left if seconds_left > 0 else window
+    return count, max(seconds_left, 1)  # TTL says 0 in a window's last half second

@@ -1,8 +1,10 @@
 import secrets
 import socket
 import threading
+import time
 
 import pytest
+import time_machine
 from django.contrib.auth.models import AnonymousUser
 from django.core.cache import cache
 from rest_framework.request import Request
@@ -78,7 +80,8 @@ def test_a_broken_cache_lets_requests_through(upstream, settings, address, caplo
     settings.CHATKIT_THROTTLE_ANON = "1/min"
     client = APIClient(REMOTE_ADDR=address)
     assert [client.post(URL).status_code for _ in range(3)] == [200, 200, 200]
-    assert "Throttle cache unavailable" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sessions_api.drf"]
+    assert warnings == ["Throttle cache unavailable; allowing the session request."] * 3
 
 
 def test_parallel_requests_cannot_slip_past_the_limit(settings, address):
@@ -109,3 +112,32 @@ def test_without_redis_the_local_cache_counts(upstream, settings, address):
     client = APIClient(REMOTE_ADDR=address)
     assert [client.post(URL).status_code for _ in range(3)] == [200, 200, 429]
     assert int(client.post(URL)["Retry-After"]) == 60
+
+
+def test_later_requests_do_not_restart_the_window(upstream, settings, address):
+    """The window starts with the first request; refusals must not push its end further out."""
+    settings.CHATKIT_THROTTLE_ANON = "1/min"
+    client = APIClient(REMOTE_ADDR=address)
+    assert client.post(URL).status_code == 200
+    time.sleep(1.1)  # Redis keeps time itself: a second must really pass
+    refused = client.post(URL)
+    assert refused.status_code == 429
+    assert 57 <= int(refused["Retry-After"]) <= 59
+
+
+def test_the_local_window_ends_and_counting_starts_over(upstream, settings, address):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.CHATKIT_THROTTLE_ANON = "1/min"
+    client = APIClient(REMOTE_ADDR=address)
+    start = time.time()
+    with time_machine.travel(start, tick=False):
+        assert [client.post(URL).status_code for _ in range(2)] == [200, 429]
+    with time_machine.travel(start + 61, tick=False):
+        assert client.post(URL).status_code == 200
+
+
+def test_other_methods_are_not_counted(upstream, settings, address):
+    settings.CHATKIT_THROTTLE_ANON = "1/min"
+    client = APIClient(REMOTE_ADDR=address)
+    assert [client.get(URL).status_code for _ in range(3)] == [405, 405, 405]
+    assert client.post(URL).status_code == 200
