@@ -8,6 +8,7 @@ import json
 import random
 import secrets
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -312,10 +313,12 @@ def build_app(
     return app
 
 
-async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def _start(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:
@@ -324,8 +327,19 @@ async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRun
     return runner, runner.addresses[0][1]
 
 
-def _base_url(host: str, port: int) -> str:
-    return f"http://{host}:{port}/v1"
+def _base_url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://{host}:{port}/v1"
+
+
+def _server_ssl_context(tls_cert: str | None, tls_key: str | None) -> ssl.SSLContext | None:
+    """HTTPS with this certificate chain and key (PEM files), or None for plain HTTP."""
+    if not tls_cert and not tls_key:
+        return None
+    if not (tls_cert and tls_key):
+        raise ValueError("tls_cert and tls_key go together: give both or neither.")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_cert, tls_key)  # OSError (ssl.SSLError) if unreadable
+    return context
 
 
 def run(
@@ -333,13 +347,20 @@ def run(
     host: str = "127.0.0.1",
     port: int = 8765,
     on_ready: Callable[[str], None] | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     **options,
 ) -> None:
-    """Serve until Ctrl-C or SIGTERM. on_ready gets the base URL once the port is bound."""
+    """Serve until Ctrl-C or SIGTERM. on_ready gets the base URL once the port is bound.
+
+    With tls_cert (a PEM certificate chain, server certificate first) and tls_key (its PEM
+    private key) it serves HTTPS instead of HTTP.
+    """
     app = build_app(**options)  # bad options fail here, before anything is bound
+    ssl_context = _server_ssl_context(tls_cert, tls_key)
 
     async def serve() -> None:
-        runner, bound_port = await _start(app, host, port)
+        runner, bound_port = await _start(app, host, port, ssl_context)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         try:
@@ -348,7 +369,7 @@ def run(
             pass
         try:
             if on_ready is not None:
-                on_ready(_base_url(host, bound_port))
+                on_ready(_base_url(host, bound_port, "https" if ssl_context else "http"))
             await stop.wait()
         finally:
             await runner.cleanup()

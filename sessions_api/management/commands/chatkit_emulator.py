@@ -64,6 +64,19 @@ class Command(BaseCommand):
             metavar="WORKFLOW_ID",
             help="Only this workflow id exists (repeat for several). Default: any wf_... id.",
         )
+        parser.add_argument(
+            "--tls-cert",
+            default=None,
+            metavar="PATH",
+            help="Serve HTTPS with this PEM certificate chain (server certificate first); "
+            "needs --tls-key. Clients must trust its CA, e.g. with REQUESTS_CA_BUNDLE.",
+        )
+        parser.add_argument(
+            "--tls-key",
+            default=None,
+            metavar="PATH",
+            help="The PEM private key of --tls-cert.",
+        )
 
     def handle(self, *args, **options):
         if not 0 <= options["port"] <= 65535:
@@ -100,6 +113,8 @@ class Command(BaseCommand):
                 latency_ms=options["latency_ms"],
                 fail_rate=options["fail_rate"],
                 script=script,
+                tls_cert=options["tls_cert"],
+                tls_key=options["tls_key"],
             )
         except (OSError, ValueError) as exc:
             raise CommandError(f"Cannot start the emulator: {exc}") from None
