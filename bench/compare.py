@@ -21,6 +21,20 @@ are excluded (the upstream's own CPU is shown apart, to tell whether it was the 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
         .venv/bin/python bench/compare.py [--repeats 3] [--duration 20] [--points 0x64,300x256]
 
+Two options change the conditions of the whole run (the table is printed as without them, with
+a line saying which were in force):
+
+  --tls           the upstream speaks HTTPS: a trustme CA and a certificate for 127.0.0.1 are
+                  made in the scratch directory, the emulator serves with them, and both servers
+                  reach it at https://127.0.0.1:PORT/v1 and trust the CA through
+                  REQUESTS_CA_BUNDLE (which requests honours for a bare requests.post and for a
+                  Session alike).
+  --audit-rows N  before measuring, N rows are bulk-loaded into audit_sessionattempt with
+                  bench/aggregate.py's generate_series INSERT (about 90% successes, about 50,000
+                  user refs, created_at over the last 7 days growing with the id), then VACUUM
+                  ANALYZE; the load time is printed. Only that table is filled: nothing is
+                  aggregated and no backlog rows are written.
+
 Needs wrk on PATH (Debian: apt-get install -y wrk). Loopback only; bounded in count and time;
 drops and recreates the database `broker_bench_compare`; stops every process it started, also
 on Ctrl-C or failure.
@@ -32,15 +46,20 @@ import platform
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psycopg
+from aggregate import LOAD_SQL
 from alert_latency import free_port, recreate_database, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,8 +245,9 @@ def server_command(variant: str, port: int) -> tuple[list[str], Path]:
 
 
 def server_env(
-    variant: str, port: int, upstream_port: int, database_url: str, redis_url: str, scratch: Path
+    variant: str, port: int, upstream: str, database_url: str, redis_url: str, scratch: Path
 ) -> dict:
+    """`upstream` is the emulator's base URL, http(s)://127.0.0.1:PORT/v1."""
     # Nothing of the caller's Django, database or OpenAI settings leaks into either server.
     base = {
         key: value
@@ -235,12 +255,14 @@ def server_env(
         if not key.startswith(("DJANGO_", "OPENAI_", "CHATKIT_", "CELERY_", "GUNICORN_", "WEB_"))
         and key not in ("DATABASE_URL", "REDIS_URL")
     }
+    if upstream.startswith("https:"):
+        base["REQUESTS_CA_BUNDLE"] = str(scratch / CA_FILE)
     if variant == "naive":
         return {
             **base,
             "DJANGO_SETTINGS_MODULE": "naive.settings",
             "OPENAI_API_KEY": API_KEY,
-            "NAIVE_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}/v1/chatkit/sessions",
+            "NAIVE_UPSTREAM_URL": f"{upstream}/chatkit/sessions",
             "NAIVE_SQLITE_PATH": str(scratch / "naive.sqlite3"),
         }
     throttle = "1000000/min" if variant == "ours-throttled" else ""
@@ -253,18 +275,18 @@ def server_env(
         "REDIS_URL": redis_url,
         "OPENAI_API_KEY": API_KEY,
         "OPENAI_WORKFLOW_ID": "wf_bench",
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+        "OPENAI_BASE_URL": upstream,
         "CHATKIT_THROTTLE_ANON": throttle,
         "CHATKIT_THROTTLE_USER": throttle,
         "GUNICORN_BIND": f"127.0.0.1:{port}",
     }
 
 
-def measure_server(variant, connections_list, upstream, upstream_port, options, urls, scratch):
+def measure_server(variant, connections_list, upstream, upstream_url, options, urls, scratch):
     """Starts one server, runs warm-up + timed wrk per connection count, stops it."""
     port = free_port()
     command, cwd = server_command(variant, port)
-    env = server_env(variant, port, upstream_port, urls["database"], urls["redis"], scratch)
+    env = server_env(variant, port, upstream_url, urls["database"], urls["redis"], scratch)
     server = start(command, cwd=cwd, env=env, log=scratch / f"{variant}.log")
     url = f"http://127.0.0.1:{port}{PATHS[variant]}"
     runs = {}
@@ -299,6 +321,50 @@ def describe(run: Run) -> str:
         f"errors {run.errors:>5}  CPU {run.cpu_ms_per_request:5.2f} ms/req "
         f"(PG+Redis {run.services_ms_per_request:4.2f}, "
         f"upstream {run.upstream_ms_per_request:4.2f})"
+    )
+
+
+# --- conditions: --tls and --audit-rows -----------------------------------------------------
+
+CA_FILE = "ca.pem"
+
+
+def make_certificates(scratch: Path) -> list[str]:
+    """A trustme CA (scratch/ca.pem) and a certificate for 127.0.0.1 signed by it.
+
+    Returns the emulator's TLS options. This process trusts the CA too (wait_until_up's urllib).
+    """
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(scratch / CA_FILE)
+    for pem in cert.cert_chain_pems:
+        pem.write_to_path(scratch / "cert.pem", append=True)
+    cert.private_key_pem.write_to_path(scratch / "key.pem")
+    context = ssl.create_default_context(cafile=scratch / CA_FILE)
+    urllib.request.install_opener(
+        urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+    )
+    return ["--tls-cert", str(scratch / "cert.pem"), "--tls-key", str(scratch / "key.pem")]
+
+
+def load_audit_rows(database_url: str, rows: int) -> str:
+    """Fills audit_sessionattempt with `rows` rows over the last 7 days; says how long it took."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    params = {"start": now - timedelta(days=7), "span": timedelta(days=7), "rows": rows}
+    started = time.perf_counter()
+    # A client-side cursor, as Django's: the SQL is written for its parameter binding.
+    with psycopg.connect(
+        database_url, autocommit=True, cursor_factory=psycopg.ClientCursor
+    ) as conn:
+        conn.execute("SELECT setseed(0.42)")
+        conn.execute(LOAD_SQL, params)
+        loaded = time.perf_counter()
+        conn.execute("VACUUM ANALYZE audit_sessionattempt")
+    return (
+        f"audit_sessionattempt: {rows:,} rows loaded before the first run in "
+        f"{loaded - started:.1f} s, VACUUM ANALYZE {time.perf_counter() - loaded:.1f} s"
     )
 
 
@@ -397,6 +463,10 @@ def main() -> int:
         "--wrk-timeout", type=int, default=10,
         help="seconds before wrk counts a request as a timeout error (wrk's default is 2)",
     )  # fmt: skip
+    parser.add_argument(
+        "--tls", action="store_true", help="the upstream over HTTPS, with a local trustme CA"
+    )
+    parser.add_argument("--audit-rows", type=int, default=0, help="audit rows to load first")
     options = parser.parse_args()
     points = parse_points(options.points)
     variants = options.variants.split(",")
@@ -406,6 +476,8 @@ def main() -> int:
         raise SystemExit("the naive variant is the baseline every ratio is against")
     if not (1 <= options.repeats <= 20 and 1 <= options.duration <= 600):
         raise SystemExit("--repeats must be 1..20 and --duration 1..600")
+    if not 0 <= options.audit_rows <= 100_000_000:
+        raise SystemExit("--audit-rows must be 0..100,000,000")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed on PATH: on Debian, apt-get install -y wrk")
 
@@ -422,23 +494,35 @@ def main() -> int:
     print(machine_facts())
     urls = {"database": recreate_database(database_url, BENCH_DB), "redis": redis_url}
     results: dict[tuple, list[Run]] = {}
+    conditions = []  # what --tls and --audit-rows changed, said above the table
+    scheme = "https" if options.tls else "http"
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as scratch_name:
         scratch = Path(scratch_name)
-        migrate_env = server_env("ours", 0, 0, urls["database"], redis_url, scratch)
+        migrate_env = server_env(
+            "ours", 0, "http://127.0.0.1:0/v1", urls["database"], redis_url, scratch
+        )
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "-v", "0"],
             cwd=ROOT, env=migrate_env, check=True, timeout=300,
         )  # fmt: skip
+        tls_options = []
+        if options.tls:
+            tls_options = make_certificates(scratch)
+            conditions.append("Upstream over TLS (HTTPS, trustme CA through REQUESTS_CA_BUNDLE)")
+        if options.audit_rows:
+            conditions.append(load_audit_rows(urls["database"], options.audit_rows))
+            print(conditions[-1])
         for latency in sorted({latency for latency, _ in points}):
             connections_list = [c for lat, c in points if lat == latency]
             upstream_port = free_port()
+            upstream_url = f"{scheme}://127.0.0.1:{upstream_port}/v1"
             upstream = start(
                 [sys.executable, "manage.py", "chatkit_emulator", "--port", str(upstream_port),
-                 "--latency-ms", str(latency)],
+                 "--latency-ms", str(latency), *tls_options],
                 cwd=ROOT, env=migrate_env, log=scratch / "upstream.log",
             )  # fmt: skip
             try:
-                wait_until_up(f"http://127.0.0.1:{upstream_port}/_emulator/stats")
+                wait_until_up(f"{scheme}://127.0.0.1:{upstream_port}/_emulator/stats")
                 for repeat in range(options.repeats):
                     # ABBA: the variant that goes first alternates, so a drift in the
                     # machine's load does not always favour the same one.
@@ -446,7 +530,7 @@ def main() -> int:
                     print(f"upstream {latency} ms, repeat {repeat + 1}/{options.repeats}")
                     for variant in order:
                         runs = measure_server(
-                            variant, connections_list, upstream, upstream_port, options, urls,
+                            variant, connections_list, upstream, upstream_url, options, urls,
                             scratch,
                         )  # fmt: skip
                         for connections, run in runs.items():
@@ -456,6 +540,8 @@ def main() -> int:
         finished = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"\nFinished {finished}; {options.repeats} runs of {options.duration} s per cell, "
           "median (min–max); errors summed over the runs.\n")  # fmt: skip
+    for condition in conditions:
+        print(f"{condition}.\n")
     print(report(results, points, variants))
     return 0
 
