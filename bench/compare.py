@@ -28,7 +28,8 @@ a line saying which were in force):
                   made in the scratch directory, the emulator serves with them, and both servers
                   reach it at https://127.0.0.1:PORT/v1 and trust the CA through
                   REQUESTS_CA_BUNDLE (which requests honours for a bare requests.post and for a
-                  Session alike).
+                  Session alike). That bundle is certifi's (requests' default) plus the CA, so
+                  each new connection costs what it would against api.openai.com.
   --audit-rows N  before measuring, N rows are bulk-loaded into audit_sessionattempt with
                   bench/aggregate.py's generate_series INSERT (about 90% successes, about 50,000
                   user refs, created_at over the last 7 days growing with the id), then VACUUM
@@ -330,15 +331,19 @@ CA_FILE = "ca.pem"
 
 
 def make_certificates(scratch: Path) -> list[str]:
-    """A trustme CA (scratch/ca.pem) and a certificate for 127.0.0.1 signed by it.
+    """A trustme CA and a certificate for 127.0.0.1 signed by it.
 
-    Returns the emulator's TLS options. This process trusts the CA too (wait_until_up's urllib).
+    scratch/ca.pem is certifi's bundle plus that CA: what requests verifies against by default
+    (and loads again for every new connection, so the naive view pays for it on every call, as
+    it would against api.openai.com), able to verify the emulator. Returns the emulator's TLS
+    options. This process trusts the CA too (wait_until_up's urllib).
     """
+    import certifi
     import trustme
 
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
-    ca.cert_pem.write_to_path(scratch / CA_FILE)
+    (scratch / CA_FILE).write_bytes(Path(certifi.where()).read_bytes() + ca.cert_pem.bytes())
     for pem in cert.cert_chain_pems:
         pem.write_to_path(scratch / "cert.pem", append=True)
     cert.private_key_pem.write_to_path(scratch / "key.pem")
