@@ -132,32 +132,33 @@ class SessionAttempt(models.Model):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.outcome} {self.status_code or ''}"
 
 
-class AttemptBacklog(models.Model):
-    """An audit row not yet folded into the per-minute statistics.
+class PendingMinute(models.Model):
+    """A minute whose statistics must be recomputed, because attempts were written in it.
 
-    Written in the same transaction as its SessionAttempt, so a row becomes visible to the
-    aggregator exactly when it commits: commits out of id order, overlapping runs and a worker
-    dying mid-run can neither skip a row nor count it twice.
+    Written by the same statement as its SessionAttempt (audit/services.py), as an upsert that
+    bumps `writes`: a writer either creates the row or updates it, and so locks it until it
+    commits. The aggregator's claim deletes the row, which waits for that lock, and a writer
+    arriving after the claim waits for the claim to commit and then creates the row afresh. So a
+    committed attempt is either seen by the recompute that consumed its minute's row, or has
+    left a new row for the next run (audit/stats.py). `slot` spreads the writers of one minute
+    over a few rows, so they do not queue on a single row lock.
     """
 
-    attempt = models.OneToOneField(
-        SessionAttempt,
-        verbose_name="attempt",
-        primary_key=True,
-        on_delete=models.CASCADE,
-        related_name="+",
-        help_text="The audit row waiting to be aggregated.",
+    pk = models.CompositePrimaryKey("minute", "slot")
+    minute = models.DateTimeField("minute", help_text="Start of the minute (UTC).")
+    slot = models.PositiveSmallIntegerField(
+        "slot", default=0, help_text="Which of the minute's rows (by database connection)."
     )
-    minute = models.DateTimeField(
-        "minute", help_text="The attempt's created_at truncated to the minute (UTC)."
+    writes = models.PositiveIntegerField(
+        "attempts written", default=1, help_text="Attempts written since the last aggregation."
     )
 
     class Meta:
-        verbose_name = "attempt awaiting aggregation"
-        verbose_name_plural = "attempts awaiting aggregation"
+        verbose_name = "minute awaiting aggregation"
+        verbose_name_plural = "minutes awaiting aggregation"
 
     def __str__(self) -> str:
-        return f"attempt {self.attempt_id} ({self.minute:%Y-%m-%d %H:%M})"
+        return f"{self.minute:%Y-%m-%d %H:%M} slot {self.slot}: {self.writes}"
 
 
 class AttemptMinuteStat(models.Model):

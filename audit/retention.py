@@ -8,7 +8,7 @@ from django.db import connection, transaction
 from django.db.models import Min
 from django.utils import timezone
 
-from audit.models import AttemptBacklog, SessionAttempt
+from audit.models import PendingMinute, SessionAttempt
 from audit.stats import aggregation_lock, attempt_stats_aggregate
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def audit_prune(
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             aggregation_lock(cursor)
-            pending = AttemptBacklog.objects.aggregate(oldest=Min("minute"))["oldest"]
+            pending = PendingMinute.objects.aggregate(oldest=Min("minute"))["oldest"]
             limit = min(cutoff, pending) if pending else cutoff
             # The oldest due ids, straight from the created_at index; LIMIT bounds the batch.
             batch = (
@@ -73,7 +73,7 @@ def audit_prune(
             )
             sql, params = batch.query.sql_with_params()
             # Raw DELETE by id: QuerySet.delete() would load every row to run its cascade
-            # collector, and nothing cascades from a row older than every backlog entry.
+            # collector, and nothing refers to an audit row.
             # `sql` is Django's compilation of the queryset above, its values bound as params.
             cursor.execute(f"DELETE FROM audit_sessionattempt WHERE id IN ({sql})", params)  # noqa: S608
             count = cursor.rowcount

@@ -1,15 +1,15 @@
 """Per-minute attempt statistics, folded from the audit table in SQL.
 
-Every audit row is written together with an AttemptBacklog row (audit/services.py). A run claims
-backlog rows and recomputes the minutes they name *entirely* from audit_sessionattempt, then
-upserts the result. Recomputing whole minutes instead of adding increments is what makes the
-fold exact under every failure the issue lists:
+Every audit row is written by the same statement as a PendingMinute mark for its minute
+(audit/services.py). A run claims marked minutes and recomputes them *entirely* from
+audit_sessionattempt, then upserts the result. Recomputing whole minutes instead of adding
+increments is what makes the fold exact under every failure the issue lists:
 
 - re-running changes nothing (a minute recomputed twice gives the same figures);
-- a row committed late, out of id order, brings its own backlog row, so its minute is recomputed
+- a row committed late, out of id order, marks its minute again, so that minute is recomputed
   on the next run; counting it again is impossible because nothing is ever added;
 - distinct users stay exact, which increments could not give;
-- a worker dying mid-run rolls its transaction back, so the claimed backlog rows come back.
+- a worker dying mid-run rolls its transaction back, so the claimed marks come back.
 
 The one thing recomputation cannot tolerate is two runs interleaving (the later snapshot could
 be overwritten by the earlier one), hence the global lock. Pruning must likewise never delete rows
@@ -28,24 +28,21 @@ from audit.models import AttemptMinuteStat
 
 # pg_advisory_xact_lock key shared by the aggregator and the pruner ("audit st" in ASCII).
 AGGREGATION_LOCK_KEY = 0x6175646974207374
-# Larger than any attempt id: "the whole backlog" when it is smaller than a batch.
-ALL_IDS = 2**63 - 1
 
-# One statement deletes exactly the rows it reports: those visible to its snapshot up to the
-# batch's last attempt id. A row committed later, even with a lower id, stays for the next run,
-# and the recompute (a later statement, a later snapshot) sees every row whose entry it took.
-# Attempt id order keeps a batch to a narrow span of minutes, because ids grow with time. No
-# row locks: the advisory lock keeps other aggregators out, and nothing else deletes due rows.
+# Deleting a mark waits for the row lock of a writer that bumped it and has not committed yet,
+# so every attempt counted in `writes` is committed, and visible to the recompute (a later
+# statement, a later snapshot). A writer that comes after the delete waits for this transaction
+# and then marks the minute afresh for the next run. The oldest minutes first, so a backlog
+# drains in time order.
 _CLAIM_POSTGRESQL = """
     WITH claimed AS (
-        DELETE FROM audit_attemptbacklog
-        WHERE attempt_id <= COALESCE(
-            (SELECT attempt_id FROM audit_attemptbacklog ORDER BY attempt_id OFFSET %s LIMIT 1),
-            %s
+        DELETE FROM audit_pendingminute
+        WHERE minute IN (
+            SELECT DISTINCT minute FROM audit_pendingminute ORDER BY minute LIMIT %s
         )
-        RETURNING minute
+        RETURNING minute, writes
     )
-    SELECT minute, COUNT(*) FROM claimed GROUP BY minute
+    SELECT minute, SUM(writes) FROM claimed GROUP BY minute
 """
 # Per aggregation transaction only: the one running aggregator may sort a batch in memory; JIT
 # compilation costs more than it saves on these short statements; and an unflushed commit lost
@@ -104,47 +101,42 @@ def aggregation_lock(cursor) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AGGREGATION_LOCK_KEY])
 
 
-def attempt_stats_aggregate(*, batch_size: int = 100_000) -> int:
-    """Fold the backlog into AttemptMinuteStat; return how many backlog rows were consumed.
+def attempt_stats_aggregate(*, batch_minutes: int = 1440) -> int:
+    """Fold the marked minutes into AttemptMinuteStat; return how many attempt writes they held.
 
-    Each batch is one transaction: lock, claim up to batch_size backlog rows, recompute their
-    minutes. A minute split between two batches is simply recomputed twice.
+    Each batch is one transaction: lock, claim up to batch_minutes minutes, recompute them.
     """
-    consumed = 0
+    folded = 0
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             aggregation_lock(cursor)
-            minutes, claimed = _backlog_claim(cursor, batch_size)
-            if minutes:
-                _minutes_recompute(cursor, minutes)
-        consumed += claimed
-        if claimed < batch_size:
-            return consumed
+            claimed = _pending_claim(cursor, batch_minutes)
+            if claimed:
+                _minutes_recompute(cursor, list(claimed))
+        folded += sum(claimed.values())
+        if len(claimed) < batch_minutes:
+            return folded
 
 
-def _backlog_claim(cursor, batch_size: int) -> tuple[list, int]:
-    """Delete up to batch_size backlog rows; return their distinct minutes and their number."""
+def _pending_claim(cursor, batch_minutes: int) -> dict:
+    """Delete the marks of up to batch_minutes minutes; return {minute: attempts written}."""
     # Not mutated: mutation runs use SQLite; CI runs these tests on PostgreSQL.
     if connection.vendor == "postgresql":  # pragma: no mutate block
         cursor.execute(_SETTINGS_POSTGRESQL)
-        cursor.execute(_CLAIM_POSTGRESQL, [batch_size - 1, ALL_IDS])
-        rows = cursor.fetchall()
-        return [minute for minute, _ in rows], sum(count for _, count in rows)
+        cursor.execute(_CLAIM_POSTGRESQL, [batch_minutes])
+        return dict(cursor.fetchall())
     # The transaction holds SQLite's write lock: nothing can commit between these statements.
+    # strftime gives text (a bare datetime column would come back converted) in the very form
+    # the ORM stores, so the last minute bounds the delete.
     cursor.execute(
-        "SELECT attempt_id FROM audit_attemptbacklog ORDER BY attempt_id LIMIT 1 OFFSET %s",
-        [batch_size - 1],
+        "SELECT strftime('%%Y-%%m-%%d %%H:%%M:00', minute), SUM(writes)"
+        " FROM audit_pendingminute GROUP BY minute ORDER BY minute LIMIT %s",
+        [batch_minutes],
     )
-    last = cursor.fetchone()
-    bound = last[0] if last else ALL_IDS
-    cursor.execute(
-        "SELECT DISTINCT strftime('%%Y-%%m-%%d %%H:%%M:00', minute)"
-        " FROM audit_attemptbacklog WHERE attempt_id <= %s",
-        [bound],
-    )
-    minutes = [minute for (minute,) in cursor.fetchall()]
-    cursor.execute("DELETE FROM audit_attemptbacklog WHERE attempt_id <= %s", [bound])
-    return minutes, cursor.rowcount
+    claimed = dict(cursor.fetchall())
+    if claimed:
+        cursor.execute("DELETE FROM audit_pendingminute WHERE minute <= %s", [max(claimed)])
+    return claimed
 
 
 def _minutes_recompute(cursor, minutes: list) -> None:

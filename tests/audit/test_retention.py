@@ -11,7 +11,7 @@ from django.utils import timezone
 from audit import retention
 from audit.checks import alerting_settings_check
 from audit.management.commands.prune_audit import Command as PruneCommand
-from audit.models import AttemptBacklog, AttemptMinuteStat, SessionAttempt
+from audit.models import AttemptMinuteStat, PendingMinute, SessionAttempt
 from audit.retention import audit_prune
 from audit.services import session_attempt_record
 from audit.stats import attempt_stats_aggregate
@@ -55,7 +55,7 @@ def test_dry_run_deletes_nothing():
 
     assert (result.deleted, result.batches, result.dry_run) == (3, 0, True)
     assert SessionAttempt.objects.count() == 4
-    assert AttemptBacklog.objects.count() == 4  # not even the statistics were folded
+    assert PendingMinute.objects.count() == 4  # not even the statistics were folded
 
 
 def test_running_again_deletes_nothing_more():
@@ -69,8 +69,8 @@ def test_running_again_deletes_nothing_more():
 
 
 def test_rows_from_a_minute_awaiting_aggregation_on_are_kept(monkeypatch):
-    # A backlog entry that arrived after the fold: its minute will be recomputed from the audit
-    # table, so none of that minute's rows may go yet, or the statistics would shrink.
+    # A mark that arrived after the fold: its minute will be recomputed from the audit table,
+    # so none of that minute's rows may go yet, or the statistics would shrink.
     monkeypatch.setattr(retention, "attempt_stats_aggregate", lambda: 0)
     earlier = record(OLD - timedelta(minutes=5))
     pending = record(OLD)
@@ -80,7 +80,7 @@ def test_rows_from_a_minute_awaiting_aggregation_on_are_kept(monkeypatch):
         status_code=200,
         workflow_id="wf_r",
     )
-    AttemptBacklog.objects.exclude(attempt=pending).delete()  # the rest is aggregated
+    PendingMinute.objects.exclude(minute=OLD).delete()  # the rest is aggregated
 
     result = audit_prune(older_than_days=30, now=NOW)
 

@@ -3,11 +3,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.db.models.functions import Coalesce, TruncMinute
 
-from audit import stats
-from audit.models import AttemptBacklog, AttemptMinuteStat, SessionAttempt
+from audit import services, stats
+from audit.models import AttemptMinuteStat, PendingMinute, SessionAttempt
 from audit.services import session_attempt_record
 from audit.stats import attempt_stats_aggregate, stats_series
 
@@ -64,7 +64,7 @@ def test_counts_and_distinct_users_per_minute():
         (m1, WF, "timeout", 0, "", 1, 1),
     }
     assert table() == from_scratch()
-    assert not AttemptBacklog.objects.exists()
+    assert not PendingMinute.objects.exists()
     # The stored minute is what the ORM writes and looks up, on every database.
     assert AttemptMinuteStat.objects.filter(minute=m1).count() == 1
 
@@ -132,34 +132,43 @@ def test_row_committed_later_with_an_earlier_time_is_counted_next_run():
     assert table() == from_scratch()
 
 
-def test_backlog_row_for_an_aggregated_minute_recomputes_it_exactly():
-    first = record(T0 + timedelta(seconds=1))
+def test_a_marked_minute_is_recomputed_whole_and_exactly():
+    record(T0 + timedelta(seconds=1))
     record(T0 + timedelta(seconds=2), user_ref="u2")
     attempt_stats_aggregate()
 
-    # A second backlog entry for an already counted attempt (a duplicated write, a replay)…
-    AttemptBacklog.objects.create(attempt=first, minute=T0)
-    # …and a bulk-loaded new attempt in the same minute.
-    extra = SessionAttempt.objects.create(
+    # A mark for a minute already aggregated (a replayed write), and an attempt bulk-loaded
+    # into that minute without one: the minute is recomputed from the audit table as it is.
+    PendingMinute.objects.create(minute=T0, writes=1)
+    SessionAttempt.objects.create(
         created_at=T0 + timedelta(seconds=3),
         outcome="success",
         status_code=200,
         user_ref="u3",
         workflow_id=WF,
     )
-    AttemptBacklog.objects.create(attempt=extra, minute=T0)
 
-    assert attempt_stats_aggregate() == 2
+    assert attempt_stats_aggregate() == 1
     assert table() == {(T0, WF, "success", 200, "", 3, 3)}
 
 
-def test_batches_cover_the_whole_backlog():
-    for i in range(7):
-        record(T0 + timedelta(seconds=20 * i), user_ref=f"u{i % 2}")
+def test_writes_in_one_minute_bump_one_mark():
+    for second in range(3):
+        record(T0 + timedelta(seconds=second))
+    record(T0 + timedelta(minutes=1))
 
-    assert attempt_stats_aggregate(batch_size=2) == 7
+    marks = {mark.minute: mark.writes for mark in PendingMinute.objects.all()}
+    # One connection here, so one slot per minute.
+    assert marks == {T0: 3, T0 + timedelta(minutes=1): 1}
+
+
+def test_batches_cover_every_marked_minute():
+    for i in range(7):
+        record(T0 + timedelta(seconds=20 * i), user_ref=f"u{i % 2}")  # in 3 minutes
+
+    assert attempt_stats_aggregate(batch_minutes=2) == 7
     assert table() == from_scratch()
-    assert not AttemptBacklog.objects.exists()
+    assert not PendingMinute.objects.exists()
 
 
 def test_an_empty_backlog_folds_nothing():
@@ -170,14 +179,14 @@ def test_an_empty_backlog_folds_nothing():
         assert stats_series(**window, granularity=granularity) == []
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_a_batch_as_large_as_the_backlog_or_one_row_at_a_time(batch_size):
+@pytest.mark.parametrize("batch_minutes", [1, 2])
+def test_a_batch_of_every_marked_minute_or_one_minute_at_a_time(batch_minutes):
     record(T0, user_ref="u1")
     record(T0 + timedelta(seconds=59), user_ref="u2")
     failure(T0 + timedelta(minutes=1), user_ref="u1")
 
-    assert attempt_stats_aggregate(batch_size=batch_size) == 3
-    assert not AttemptBacklog.objects.exists()
+    assert attempt_stats_aggregate(batch_minutes=batch_minutes) == 3
+    assert not PendingMinute.objects.exists()
     assert (
         table()
         == from_scratch()
@@ -221,10 +230,10 @@ def test_a_run_dying_mid_way_loses_nothing(monkeypatch):
 
     monkeypatch.setattr(stats, "_minutes_recompute", dies_on_second_batch)
     with pytest.raises(RuntimeError):
-        attempt_stats_aggregate(batch_size=2)
+        attempt_stats_aggregate(batch_minutes=2)
 
     # The first batch committed; the second rolled back, claim and upsert alike.
-    assert AttemptBacklog.objects.count() == 3
+    assert PendingMinute.objects.count() == 3
     assert AttemptMinuteStat.objects.count() == 2
 
     monkeypatch.setattr(stats, "_minutes_recompute", recompute)
@@ -376,7 +385,7 @@ def test_overlapping_runs_while_rows_are_written():
 
     def aggregate():
         while writing.is_set():
-            attempt_stats_aggregate(batch_size=7)
+            attempt_stats_aggregate(batch_minutes=2)
 
     threads = [_in_thread(write, errors), _in_thread(aggregate, errors)]
     threads.append(_in_thread(aggregate, errors))
@@ -400,11 +409,12 @@ def test_a_transaction_committing_after_a_run_is_counted_by_the_next():
     errors: list[Exception] = []
 
     def slow_writer():
+        # A new mark, not yet committed: invisible to the run below, so nothing waits for it.
         with transaction.atomic():
-            attempt = SessionAttempt.objects.create(
+            SessionAttempt.objects.create(
                 created_at=T0, outcome="success", status_code=200, user_ref="slow", workflow_id=WF
             )
-            AttemptBacklog.objects.create(attempt=attempt, minute=T0)
+            PendingMinute.objects.create(minute=T0, slot=services.PENDING_SLOTS)
             inserted.set()
             commit.wait(timeout=30)
 
@@ -421,6 +431,43 @@ def test_a_transaction_committing_after_a_run_is_counted_by_the_next():
     assert attempt_stats_aggregate() == 1
     assert table() == {(T0, WF, "success", 200, "", 2, 2)}
     assert fast.pk > SessionAttempt.objects.get(user_ref="slow").pk
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_run_waits_for_a_writer_that_bumped_a_mark_it_claims():
+    # The race a DO NOTHING mark would lose: a writer finds its minute already marked, and the
+    # run claims that mark before the writer commits. The claim must wait for the writer.
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: SQLite cannot hold two write transactions open")
+    record(T0, user_ref="first")  # marks T0, committed
+    slot = PendingMinute.objects.get(minute=T0).slot
+    bumped, commit = threading.Event(), threading.Event()
+    errors: list[Exception] = []
+
+    def writer():
+        with transaction.atomic():
+            SessionAttempt.objects.create(
+                created_at=T0, outcome="success", status_code=200, user_ref="late", workflow_id=WF
+            )
+            PendingMinute.objects.filter(minute=T0, slot=slot).update(writes=F("writes") + 1)
+            bumped.set()
+            commit.wait(timeout=30)
+
+    write = _in_thread(writer, errors)
+    write.start()
+    assert bumped.wait(timeout=30)
+    run = _in_thread(attempt_stats_aggregate, errors)
+    run.start()
+    run.join(timeout=0.5)
+    assert run.is_alive()  # waiting on the writer's row lock
+
+    commit.set()
+    write.join(timeout=30)
+    run.join(timeout=30)
+    assert not errors and not run.is_alive()
+    assert table() == {(T0, WF, "success", 200, "", 2, 2)}
+    assert not PendingMinute.objects.exists()
 
 
 @pytest.mark.postgres
@@ -446,13 +493,13 @@ def test_a_second_run_waits_for_the_first():
     second = _in_thread(attempt_stats_aggregate, errors)
     second.start()
     second.join(timeout=0.5)
-    assert second.is_alive() and AttemptBacklog.objects.count() == 1
+    assert second.is_alive() and PendingMinute.objects.count() == 1
 
     release.set()
     first.join(timeout=30)
     second.join(timeout=30)
     assert not errors and not second.is_alive()
-    assert not AttemptBacklog.objects.exists()
+    assert not PendingMinute.objects.exists()
     assert table() == from_scratch()
 
 
