@@ -8,6 +8,7 @@ safe and useful, and never lets the API key or a client secret into a message or
 import json
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -23,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
-from sessions_api.redaction import clean_text
+from redaction import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ class ClientConfig:
     total_timeout: float = 10.0  # wall-clock budget per call, retries and backoff included
     max_retries: int = 2
     max_retry_after: float = 2.0  # a 429 is retried only when its Retry-After is <= this
-    pool_maxsize: int = 4  # per thread: each thread has its own session and pool
     max_body_bytes: int = 1_048_576
 
     def __post_init__(self) -> None:
@@ -159,6 +159,12 @@ class ChatKitClient:
         self._lock = threading.Lock()
         self._sessions: list[requests.Session] = []
         self._generation = 0  # bumped by close(), so threads drop their closed sessions
+        # What requests looks up in the environment on every call, looked up once, as requests
+        # does it: the proxy for our one host unless NO_PROXY exempts it, and a CA bundle.
+        self._proxies = requests.utils.get_environ_proxies(config.base_url)
+        self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        self._create_url = f"{config.base_url}/chatkit/sessions"
+        self._create: requests.PreparedRequest | None = None
 
     def create_session(
         self,
@@ -176,8 +182,7 @@ class ChatKitClient:
             body["rate_limits"] = {"max_requests_per_1_minute": rate_limit_per_minute}
         if chatkit_configuration is not None:
             body["chatkit_configuration"] = chatkit_configuration
-        url = f"{self._config.base_url}/chatkit/sessions"
-        return self._call("create", url, json.dumps(body).encode(), need_secret=True)
+        return self._call("create", self._create_url, json.dumps(body).encode(), need_secret=True)
 
     def cancel_session(self, session_id: str) -> SessionResult:
         url = f"{self._config.base_url}/chatkit/sessions/{quote(session_id, safe='')}/cancel"
@@ -190,25 +195,38 @@ class ChatKitClient:
         for session in sessions:
             session.close()
 
+    def _prepare(self, url: str, payload: bytes | None) -> requests.PreparedRequest:
+        # Every create is the same request but for its body: its URL and headers are prepared
+        # once and copied. Preparing raises for a malformed URL, so it happens inside _call.
+        if url != self._create_url:
+            return requests.Request("POST", url, data=payload, headers=self._headers()).prepare()
+        if self._create is None:
+            self._create = requests.Request("POST", url, headers=self._headers()).prepare()
+        request = self._create.copy()
+        request.prepare_body(payload, None)
+        return request
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._config.api_key}",
+            "OpenAI-Beta": "chatkit_beta=v1",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+
     def _session(self) -> requests.Session:
         local = self._local
         if getattr(local, "generation", None) != self._generation:
             session = requests.Session()
-            # Retries are ours (see _call); the pool only serves this thread's calls.
-            adapter = HTTPAdapter(
-                pool_connections=1, pool_maxsize=self._config.pool_maxsize, max_retries=0
-            )
+            # The environment was read once, in __init__; reading it again on every call costs
+            # more than the rest of requests' work together.
+            session.trust_env = False
+            # Retries are ours (see _call). A thread makes one call at a time, to one host, so
+            # one kept-alive connection per thread is all its pool ever needs.
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
-            session.headers.update(
-                {
-                    "Authorization": f"Bearer {self._config.api_key}",
-                    "OpenAI-Beta": "chatkit_beta=v1",
-                    "Content-Type": "application/json",
-                    "Accept": "application/json",
-                    "User-Agent": USER_AGENT,
-                }
-            )
             with self._lock:
                 self._sessions.append(session)
                 local.session, local.generation = session, self._generation
@@ -282,12 +300,13 @@ class ChatKitClient:
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise UpstreamTimeout(error_message="time budget spent before the request was sent")
-        response = self._session().post(
-            url,
-            data=payload,
+        response = self._session().send(
+            self._prepare(url, payload),
             timeout=(min(cfg.connect_timeout, remaining), min(cfg.read_timeout, remaining)),
             stream=True,  # read the body ourselves, under the deadline
             allow_redirects=False,
+            proxies=self._proxies,
+            verify=self._verify or True,
         )
         try:
             status = response.status_code

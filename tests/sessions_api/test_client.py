@@ -13,6 +13,7 @@ import pickle
 import re
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import pytest
 import requests
+import trustme
 import urllib3
+from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from sessions_api.client import (
@@ -1491,3 +1494,88 @@ def test_a_misconfiguration_names_itself_and_is_not_retried(
     assert caught.value.error_message.startswith(message)
     assert (caught.value.attempts, sleeps) == (1, [])
     assert GATEWAY_KEY not in all_text(caught.value, caplog)
+
+
+# --- The environment: proxies and CA bundles, read once as requests reads them ---------------
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+
+
+@pytest.fixture
+def no_proxy_environment(monkeypatch):
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+def proxy(request_lines: list[bytes]):
+    """An HTTP proxy that answers every request on a connection itself, as the upstream would."""
+    body = json.dumps(OK_BODY).encode()
+
+    def behaviour(conn, stats, stop) -> None:
+        while (request := read_request(conn)) is not None:
+            stats["requests"] += 1
+            request_lines.append(request.split(b"\r\n")[0])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            conn.sendall(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    return behaviour
+
+
+def test_the_upstream_is_reached_through_the_environments_proxy(
+    raw_server, make_client, no_proxy_environment
+):
+    lines: list[bytes] = []
+    proxy_url, stats = raw_server(proxy(lines))
+    no_proxy_environment.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1"))
+    client = make_client("http://chatkit-upstream.invalid/v1")
+    # Read when the client was made, not per call.
+    no_proxy_environment.delenv("HTTP_PROXY")
+
+    for _ in range(2):
+        assert client.create_session(workflow_id="wf_abc", user="u").session_id == "cksess_123"
+
+    assert lines == [b"POST http://chatkit-upstream.invalid/v1/chatkit/sessions HTTP/1.1"] * 2
+    assert stats["connections"] == 1  # kept alive through the proxy too
+
+
+def test_no_proxy_exempts_the_upstream_host(raw_server, make_client, no_proxy_environment):
+    lines: list[bytes] = []
+    proxy_url, stats = raw_server(proxy(lines))
+    no_proxy_environment.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1"))
+    no_proxy_environment.setenv("NO_PROXY", "localhost,chatkit-upstream.invalid")
+
+    with pytest.raises(UpstreamNetworkError, match="NameResolutionError"):
+        make_client("http://chatkit-upstream.invalid/v1").create_session(
+            workflow_id="wf_abc", user="u"
+        )
+    assert (lines, stats["connections"]) == ([], 0)
+
+
+@pytest.fixture
+def tls_upstream(tmp_path):
+    """An HTTPS upstream with a certificate from a local CA; yields (base_url, CA file)."""
+    authority = trustme.CA()
+    ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(ssl_context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=ssl_context)
+    server.start()
+    server.expect_request(SESSIONS, method="POST").respond_with_json(OK_BODY)
+    yield f"https://127.0.0.1:{server.port}/v1", ca_file
+    server.clear()
+    server.stop()
+
+
+def test_a_ca_bundle_from_the_environment_is_trusted(tls_upstream, make_client, monkeypatch):
+    base_url, ca_file = tls_upstream
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+    client = make_client(base_url)
+    assert client.create_session(workflow_id="wf_abc", user="u").session_id == "cksess_123"
+
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    with pytest.raises(UpstreamNetworkError, match="SSLError"):
+        make_client(base_url).create_session(workflow_id="wf_abc", user="u")
