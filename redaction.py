@@ -1,6 +1,8 @@
 """Scrub keys and client secrets out of text before it is logged, stored or shown.
 
-Django-free on purpose: the upstream client uses it, and the client must not import Django.
+Beside the apps, not inside either: the upstream client (sessions_api) and the audit log
+(audit) both clean text with it, and neither app should import the other for that. Django-free
+on purpose: the client must not import Django.
 """
 
 import re

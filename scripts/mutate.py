@@ -34,7 +34,7 @@ MODULES: dict[str, list[str]] = {
         "tests/sessions_api/test_services.py",
         "tests/sessions_api/test_apis.py",
     ],
-    "sessions_api/redaction.py": ["tests/sessions_api/test_redaction.py"],
+    "redaction.py": ["tests/test_redaction.py"],
     "sessions_api/drf.py": [
         "tests/sessions_api/test_drf.py",
         "tests/sessions_api/test_throttle.py",

@@ -1,6 +1,6 @@
 import pytest
 
-from sessions_api.redaction import clean_text, redact
+from redaction import clean_text, redact
 
 
 @pytest.mark.parametrize(
