@@ -13,4 +13,5 @@ RUN DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinpu
 USER broker
 
 EXPOSE 8000
-CMD ["gunicorn", "broker.wsgi", "--bind", "0.0.0.0:8000"]
+ENV GUNICORN_BIND=0.0.0.0:8000
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "broker.wsgi:application"]

@@ -1,17 +1,34 @@
-# gunicorn reads this file from the working directory. Threads suit this service: a request
-# spends nearly all its time waiting on the upstream, and the client keeps one pooled HTTP
-# session per thread.
+# gunicorn reads this file from the working directory (`make run`, the Dockerfile and
+# docker-compose.yml all start gunicorn with it). Every value can be overridden from the
+# environment; the defaults are sized for an upstream that answers in hundreds of milliseconds.
+#
+# Sizing, by Little's law (requests in flight = arrival rate × time in the system):
+# - A request costs about 2–3 ms of CPU here (docs/benchmarks.md), nearly all of it Python
+#   holding the GIL, so one process can use one core: one worker per core is what the CPU can
+#   serve, about 350–450 sessions/s per core.
+# - Each session waits on OpenAI for its latency L. To keep a core busy a worker must hold
+#   rate × L requests in flight: 400/s × 0.3 s = 120 at a typical 300 ms. 128 threads per worker
+#   cover that with some headroom; at a slow 1 s upstream they still serve 128 sessions/s per
+#   worker instead of queueing.
+# - Threads are cheap while they wait on a socket (no CPU, a small stack); the measured RSS per
+#   worker under load is in docs/benchmarks.md. The upstream client keeps one keep-alive
+#   connection per thread; database connections come from a pool per process (DB_POOL_MAX_SIZE,
+#   16 by default, broker/settings.py), because a request holds one only for its audit write.
 import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+workers = int(os.environ.get("WEB_CONCURRENCY", len(os.sched_getaffinity(0))))
+threads = int(os.environ.get("GUNICORN_THREADS", "128"))
+# Connections waiting for a free thread; beyond this the kernel refuses them, which a load
+# balancer sees at once instead of a request stalling.
+backlog = int(os.environ.get("GUNICORN_BACKLOG", "2048"))
 # Above the upstream budget (CHATKIT_TOTAL_TIMEOUT, 10 s by default), so the broker answers a
 # slow upstream with its own 504 before gunicorn kills the worker.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 20
 keepalive = 5
-accesslog = "-"
-max_requests = 5000
-max_requests_jitter = 500
+# Every session attempt is already in the audit log; set GUNICORN_ACCESSLOG=- for access lines.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+max_requests = 20000
+max_requests_jitter = 2000

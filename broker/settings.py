@@ -93,8 +93,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # One pool per process, shared by its threads. gunicorn runs many threads per worker (sized
+    # in gunicorn.conf.py for a slow upstream), far more than PostgreSQL's max_connections would
+    # allow as one persistent connection each, while a request needs a connection only for its
+    # audit write, about a millisecond. The service hands a logged-in caller's connection back
+    # before the upstream call, so no request holds one while it waits. Web workers × max_size,
+    # plus the Celery worker's, must stay under max_connections (100 by default).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections open, not Django
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks one before lending it
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=16),
+        # A request waits this long for a free connection, then fails with a 503.
+        "timeout": env.float("DB_POOL_TIMEOUT", default=5.0),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

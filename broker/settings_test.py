@@ -51,3 +51,6 @@ else:
     # Worker and server threads in tests must not keep connections past their task or request,
     # or the test database cannot be dropped at the end of the run.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Django builds a pool from the settings it first sees, before the test database exists;
+    # tests/test_gunicorn.py runs the pooled production settings in a real server instead.
+    DATABASES["default"]["OPTIONS"].pop("pool", None)

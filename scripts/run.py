@@ -58,8 +58,12 @@ def main() -> int:
             env=env,
             cwd=str(ROOT),
         )
+    # The production server with its defaults (gunicorn.conf.py), as docker-compose runs it.
     manager.add_process(
-        "web", f"{PYTHON} -m gunicorn broker.wsgi --bind 127.0.0.1:{port}", env=env, cwd=str(ROOT)
+        "web",
+        f"{PYTHON} -m gunicorn -c gunicorn.conf.py broker.wsgi:application",
+        env={**env, "GUNICORN_BIND": f"127.0.0.1:{port}"},
+        cwd=str(ROOT),
     )
     manager.add_process(
         "worker",
