@@ -1,0 +1,148 @@
+"""Where one request's CPU goes: py-spy on the broker, one request at a time (issue 7).
+
+Starts the emulator (0 ms) and the broker exactly as bench/compare.py runs it ("ours": its own
+gunicorn.conf.py, PostgreSQL, Redis, throttles off unless --throttled), but with one worker so
+py-spy follows one process. wrk drives one connection, so there is never a queue; py-spy samples
+the worker with --gil (only a thread holding the GIL counts: Python's CPU, not its waiting), and
+the samples are put into buckets by the first frame of ours they pass through.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
+        .venv/bin/python bench/profile_request.py [--seconds 20] [--throttled] [--raw out.txt]
+
+Needs wrk and py-spy (pip install py-spy) on PATH or in the venv; py-spy needs ptrace rights
+(root, or kernel.yama.ptrace_scope=0).
+"""
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from alert_latency import free_port, recreate_database, wait_until_up
+from compare import (
+    BENCH_DB,
+    PATHS,
+    POST_LUA,
+    ROOT,
+    parse_wrk,
+    server_command,
+    server_env,
+    start,
+    stop,
+)
+
+# First match wins, looking from the outermost frame in: (bucket, file fragment, function).
+BUCKETS = (
+    ("throttle (Redis)", "sessions_api/drf.py", ""),
+    ("upstream call (requests)", "sessions_api/client.py", ""),
+    ("audit write (database)", "audit/services.py", "session_attempt_record"),
+    ("caller identity, cookie", "sessions_api/identity.py", ""),
+    ("input and output serializers", "rest_framework/serializers.py", ""),
+    ("response rendering", "rest_framework/renderers.py", ""),
+    ("Django middleware", "django/contrib/", ""),
+    ("gunicorn (HTTP parsing, access log)", "gunicorn/", "handle"),
+)
+
+
+def bucket_of(stack: str) -> str:
+    frames = stack.split(";")
+    for name, where, function in BUCKETS:
+        for frame in frames:
+            if where in frame and (not function or frame.startswith(f"{function} ")):
+                return name
+    return "Django, DRF, gunicorn: the rest"
+
+
+def summarise(raw: str) -> list[tuple[str, float]]:
+    counts: collections.Counter = collections.Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[bucket_of(stack)] += int(count)
+    total = sum(counts.values()) or 1
+    return [(name, 100 * count / total) for name, count in counts.most_common()]
+
+
+def py_spy() -> str:
+    local = Path(sys.executable).with_name("py-spy")
+    found = str(local) if local.exists() else shutil.which("py-spy")
+    if not found:
+        raise SystemExit("py-spy is needed: .venv/bin/pip install py-spy")
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--throttled", action="store_true", help="throttle on (refuses nothing)")
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
+    options = parser.parse_args()
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
+    if not database_url.startswith("postgres"):
+        raise SystemExit("Set DATABASE_URL to the local PostgreSQL server; see the docstring.")
+    variant = "ours-throttled" if options.throttled else "ours"
+    database = recreate_database(database_url, BENCH_DB)
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as scratch_name:
+        scratch = Path(scratch_name)
+        env = server_env(variant, 0, 0, database, redis_url, scratch)
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
+                       check=True, timeout=300)  # fmt: skip
+        upstream_port, port = free_port(), free_port()
+        upstream = start(
+            [sys.executable, "manage.py", "chatkit_emulator", "--port", str(upstream_port)],
+            cwd=ROOT, env=env, log=scratch / "upstream.log",
+        )  # fmt: skip
+        env = {**server_env(variant, port, upstream_port, database, redis_url, scratch)}
+        env["WEB_CONCURRENCY"] = "1"
+        command, cwd = server_command(variant, port)
+        server = start(command, cwd=cwd, env=env, log=scratch / "server.log")
+        try:
+            wait_until_up(f"http://127.0.0.1:{upstream_port}/_emulator/stats")
+            url = f"http://127.0.0.1:{port}{PATHS[variant]}"
+            wait_until_up(url)
+            _wrk(url, 3)  # warm-up
+            worker = _only_child(server.pid)
+            raw = scratch / "stacks.txt"
+            spy = subprocess.Popen(
+                [py_spy(), "record", "--gil", "--format", "raw", "--rate", "250",
+                 "--duration", str(options.seconds), "--pid", str(worker), "--output", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1)
+            load = parse_wrk(_wrk(url, options.seconds - 2))
+            spy.wait(timeout=60)
+            text = raw.read_text()
+        finally:
+            stop(server)
+            stop(upstream)
+    if options.raw:
+        options.raw.write_text(text)
+    print(f"{variant}: {load['rate']:.0f} req/s at one connection, p50 {load['p50_ms']:.2f} ms")
+    for name, share in summarise(text):
+        print(f"  {share:5.1f} %  {name}")
+    return 0
+
+
+def _wrk(url: str, seconds: int) -> str:
+    # One thread, one connection: compare.py's wrk() always uses two threads.
+    command = ["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", "-s", str(POST_LUA), url]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def _only_child(pid: int) -> int:
+    for _ in range(50):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.1)
+    raise SystemExit("the gunicorn worker did not start")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
