@@ -15,6 +15,7 @@ class SessionAttempt(models.Model):
         INVALID_RESPONSE = "invalid_response", "Invalid upstream response"
         NOT_CONFIGURED = "not_configured", "Not configured"
         REJECTED = "rejected", "Rejected before the upstream call"
+        INTERNAL_ERROR = "internal_error", "Internal error (a bug of ours)"
 
     class Kind(models.TextChoices):
         INITIAL = "initial", "Initial"
@@ -125,6 +126,10 @@ class SessionAttempt(models.Model):
         indexes = [
             models.Index(fields=["created_at"], name="audit_attempt_created_idx"),
             models.Index(fields=["status_code", "created_at"], name="audit_attempt_status_idx"),
+            # The alert rules match on the error code (audit/alerting/rules.py).
+            models.Index(
+                fields=["api_error_code", "created_at"], name="audit_attempt_errorcode_idx"
+            ),
             models.Index(fields=["user_ref", "created_at"], name="audit_attempt_userref_idx"),
         ]
 

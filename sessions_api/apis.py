@@ -9,10 +9,11 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from audit.models import SessionAttempt
 from sessions_api import errors
 from sessions_api.drf import SessionCreateThrottle
-from sessions_api.identity import ChatKitIdentity, anon_cookie_set, identity_resolve
-from sessions_api.services import chatkit_attempt_reject, chatkit_session_create
+from sessions_api.identity import anon_cookie_set, identity_resolve
+from sessions_api.services import SessionRequest, chatkit_session_create
 
 
 class StrictCharField(serializers.CharField):
@@ -53,46 +54,58 @@ class ChatKitSessionCreateApi(APIView):
         expires_at = serializers.IntegerField(allow_null=True)
 
     throttle_classes = [SessionCreateThrottle]
-    identity: ChatKitIdentity | None = None
+
+    def setup(self, request, *args, **kwargs):
+        super().setup(request, *args, **kwargs)
+        # Made before DRF runs authentication, CSRF and throttling, so that a request they
+        # refuse is recorded by the same one writer as every other request.
+        self.attempt = SessionRequest(client_ip=client_ip_of(request))
+        self.django_request = request
 
     def post(self, request):
+        attempt = self.attempt
+        attempt.user = request.user
         if not request.user.is_authenticated and not settings.CHATKIT_ALLOW_ANONYMOUS:
             raise errors.AuthenticationRequired()
-        self.identity = identity_resolve(request)
+        attempt.identity = identity_resolve(request)
+        _describe(attempt, request.data)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        grant = chatkit_session_create(
-            user=request.user,
-            identity=self.identity,
-            workflow_id=serializer.validated_data.get("workflow_id"),
-            refresh=bool(serializer.validated_data.get("current_client_secret")),
-            client_ip=client_ip_of(request),
-        )
+        grant = chatkit_session_create(attempt)
         return Response(self.OutputSerializer(grant).data)
 
     def handle_exception(self, exc):
-        error = errors.as_application_error(exc)
-        if (
-            error is not None
-            and error.request_id is None
-            and self.request.method == "POST"
-            and not isinstance(exc, exceptions.MethodNotAllowed)
-        ):
-            # Refused before the service ran: still one audit row, so nothing is lost.
-            # get_user reads the session: DRF has reset request.user if its CSRF check failed.
-            attempt = chatkit_attempt_reject(
-                user=get_user(self.request._request),
-                identity=self.identity,
-                error=error,
-                client_ip=client_ip_of(self.request),
-            )
-            exc.request_id = error.request_id = attempt.id
+        if self.request.method != "POST" or isinstance(exc, exceptions.MethodNotAllowed):
+            return super().handle_exception(exc)
+        error = errors.as_application_error(exc) or errors.ApplicationError()
+        if self.attempt.user is None:
+            # Refused before post() ran. Read the user from the session: DRF has reset
+            # request.user to anonymous if its CSRF check failed.
+            self.attempt.user = get_user(self.django_request)
+        outcome = SessionAttempt.Outcome.REJECTED
+        if error.code == errors.ApplicationError.code:
+            outcome = SessionAttempt.Outcome.INTERNAL_ERROR
+        try:
+            self.attempt.refuse(error, outcome=outcome)
+        except errors.AuditUnavailable as unavailable:
+            return super().handle_exception(unavailable)
+        exc.request_id = error.request_id
         return super().handle_exception(exc)
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
-        if self.identity is not None and self.identity.new_anon_id:
-            anon_cookie_set(response, self.identity.new_anon_id)
+        identity = self.attempt.identity
+        if identity is not None and identity.new_anon_id:
+            anon_cookie_set(response, identity.new_anon_id)
         # A client secret must never be cached by a browser or a proxy.
         response["Cache-Control"] = "no-store"
         return response
+
+
+def _describe(attempt: SessionRequest, data) -> None:
+    """What the body asks for, read before validation, so that a refused row keeps it too."""
+    if not isinstance(data, dict):
+        return
+    workflow_id = data.get("workflow_id")
+    attempt.workflow_id = workflow_id if isinstance(workflow_id, str) else ""
+    attempt.refresh = bool(data.get("current_client_secret"))

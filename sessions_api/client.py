@@ -67,8 +67,6 @@ class SessionResult:
 class UpstreamError(Exception):
     """A failed call. Safe to log: messages are redacted before they get here."""
 
-    outcome = "upstream_error"
-
     def __init__(
         self,
         *,
@@ -128,19 +126,13 @@ class UpstreamHTTPError(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     """A read timed out, or the call's wall-clock budget ran out."""
 
-    outcome = "timeout"
-
 
 class UpstreamNetworkError(UpstreamError):
     """Refused, DNS, connect timeout, TLS, or the connection dropped mid-exchange."""
 
-    outcome = "network_error"
-
 
 class UpstreamInvalidResponse(UpstreamError):
     """A 2xx we cannot use: not a JSON object, no id / client_secret, or too large."""
-
-    outcome = "invalid_response"
 
 
 class ChatKitClient:

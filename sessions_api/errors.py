@@ -81,6 +81,14 @@ class NotConfigured(ApplicationError):
     message = "Chat is not configured on this server."
 
 
+class AuditUnavailable(ApplicationError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "audit_unavailable"
+    message = (
+        "This request could not be recorded, so no chat session was handed out. Try again shortly."
+    )
+
+
 class UpstreamAuthFailed(ApplicationError):
     # 502, never 401: the browser would take a 401 to mean that *it* is logged out.
     status_code = status.HTTP_502_BAD_GATEWAY
@@ -178,5 +186,5 @@ def exception_handler(exc: Exception, context: dict) -> Response:
     if error is None:
         # An unexpected bug: still a JSON envelope, never a traceback page.
         logger.exception("Unhandled error in %s", context.get("view").__class__.__name__)
-        error = ApplicationError()
+        error = ApplicationError(request_id=getattr(exc, "request_id", None))
     return render_error(error)

@@ -1,12 +1,15 @@
 """The decision: mint a ChatKit session for one caller, and record the attempt whatever happens."""
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
+from django.db import DatabaseError, connection
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -15,6 +18,9 @@ from audit.selectors import live_session_ids_for_user
 from audit.services import session_attempt_record
 from sessions_api import client, errors
 from sessions_api.identity import ChatKitIdentity, user_ref_for_user
+
+logger = logging.getLogger(__name__)
+Outcome = SessionAttempt.Outcome
 
 
 @dataclass(frozen=True)
@@ -50,103 +56,99 @@ def allowed_workflows() -> set[str]:
     return {wf for wf in [settings.OPENAI_WORKFLOW_ID, *settings.CHATKIT_ALLOWED_WORKFLOWS] if wf}
 
 
-def chatkit_attempt_reject(
-    *,
-    user,
-    identity: ChatKitIdentity | None,
-    error: errors.ApplicationError,
-    workflow_id: str = "",
-    refresh: bool = False,
-    client_ip: str | None = None,
-) -> SessionAttempt:
-    """Record a request refused before any upstream call (bad body, workflow, CSRF, login)."""
-    return session_attempt_record(
-        outcome=SessionAttempt.Outcome.REJECTED,
-        kind=SessionAttempt.Kind.REFRESH if refresh else SessionAttempt.Kind.INITIAL,
-        user=user,
-        user_ref=identity.user_ref if identity else _user_ref_or_blank(user),
-        anonymous=identity.anonymous if identity else not user.is_authenticated,
-        workflow_id=workflow_id,
-        api_error_code=error.code,
-        error_message=error.message,
-        client_ip=client_ip,
-    )
+@dataclass
+class SessionRequest:
+    """One request for a session, from the view's first line to its one audit row.
+
+    The only writer of that row: `record` writes it at most once, whatever path the request
+    takes (refused by the view, refused here, failed upstream, minted, or a bug), and what the
+    view learns along the way (user, identity, workflow, kind) goes into it.
+    """
+
+    client_ip: str | None = None
+    user: Any = None
+    identity: ChatKitIdentity | None = None
+    workflow_id: str = ""
+    refresh: bool = False
+    started_at: datetime = field(default_factory=timezone.now)
+    attempt_id: int | None = None
+    # Set once the row is written, or once writing it failed in the database: never a second.
+    recorded: bool = False
+
+    def record(self, outcome: str, **fields) -> int:
+        if self.recorded:
+            raise RuntimeError("This request already has its audit row.")
+        logged_in = self.user is not None and self.user.is_authenticated
+        identity = self.identity
+        try:
+            attempt = session_attempt_record(
+                outcome=outcome,
+                kind=SessionAttempt.Kind.REFRESH if self.refresh else SessionAttempt.Kind.INITIAL,
+                user=self.user,
+                user_ref=identity.user_ref if identity else _user_ref_or_blank(self.user),
+                anonymous=identity.anonymous if identity else not logged_in,
+                workflow_id=self.workflow_id,
+                started_at=self.started_at,
+                client_ip=self.client_ip,
+                **fields,
+            )
+        except DatabaseError as exc:
+            self.recorded = True
+            logger.error("Could not write the audit row of a %s attempt: %s", outcome, exc)
+            raise errors.AuditUnavailable() from exc
+        self.recorded, self.attempt_id = True, attempt.id
+        return attempt.id
+
+    def refuse(
+        self, error: errors.ApplicationError, *, outcome: str = Outcome.REJECTED, message: str = ""
+    ) -> errors.ApplicationError:
+        """Record this request as refused with `error`, unless it has its row; return the error."""
+        if not self.recorded:
+            self.record(outcome, api_error_code=error.code, error_message=message or error.message)
+        error.request_id = self.attempt_id
+        return error
 
 
 def _user_ref_or_blank(user) -> str:
-    return user_ref_for_user(user) if user.is_authenticated else ""
+    return user_ref_for_user(user) if user is not None and user.is_authenticated else ""
 
 
-def chatkit_session_create(
-    *,
-    user,
-    identity: ChatKitIdentity,
-    workflow_id: str | None = None,
-    refresh: bool = False,
-    client_ip: str | None = None,
-) -> SessionGrant:
+def chatkit_session_create(request: SessionRequest) -> SessionGrant:
     """Ask OpenAI for a session for this caller; raise an ApplicationError on any failure.
 
-    Exactly one audit row is written per call, on every path.
+    Exactly one audit row is written, on every path, and it is committed before the secret is
+    returned. A session minted whose row cannot be written is cancelled upstream.
     """
-    started_at = timezone.now()
-    workflow = workflow_id or settings.OPENAI_WORKFLOW_ID
-
-    def record(**fields) -> SessionAttempt:
-        return session_attempt_record(
-            kind=SessionAttempt.Kind.REFRESH if refresh else SessionAttempt.Kind.INITIAL,
-            user=user,
-            user_ref=identity.user_ref,
-            anonymous=identity.anonymous,
-            workflow_id=workflow,
-            started_at=started_at,
-            client_ip=client_ip,
-            **fields,
-        )
-
-    if workflow_id and workflow_id not in allowed_workflows():
-        error = errors.WorkflowNotAllowed()
-        attempt = chatkit_attempt_reject(
-            user=user,
-            identity=identity,
-            error=error,
-            workflow_id=workflow_id,
-            refresh=refresh,
-            client_ip=client_ip,
-        )
-        error.request_id = attempt.id
-        raise error
-
+    if request.workflow_id and request.workflow_id not in allowed_workflows():
+        raise request.refuse(errors.WorkflowNotAllowed())
+    request.workflow_id = request.workflow_id or settings.OPENAI_WORKFLOW_ID
     missing = [
         name
         for name, value in (
             ("OPENAI_API_KEY", settings.OPENAI_API_KEY),
-            ("OPENAI_WORKFLOW_ID", workflow),
+            ("OPENAI_WORKFLOW_ID", request.workflow_id),
         )
         if not value
     ]
     if missing:
-        error = errors.NotConfigured()
-        attempt = record(
-            outcome=SessionAttempt.Outcome.NOT_CONFIGURED,
-            api_error_code=error.code,
-            error_message=f"Not set on the server: {', '.join(missing)}.",
+        message = f"Not set on the server: {', '.join(missing)}."
+        raise request.refuse(
+            errors.NotConfigured(), outcome=Outcome.NOT_CONFIGURED, message=message
         )
-        error.request_id = attempt.id
-        raise error
 
+    _database_connection_release()
     try:
         result = chatkit_client().create_session(
-            workflow_id=workflow,
-            user=identity.user_ref,
+            workflow_id=request.workflow_id,
+            user=request.identity.user_ref,
             expires_after_seconds=settings.CHATKIT_EXPIRES_AFTER_SECONDS,
             rate_limit_per_minute=settings.CHATKIT_RATE_LIMIT_PER_MINUTE,
             chatkit_configuration=settings.CHATKIT_CONFIGURATION,
         )
     except client.UpstreamError as exc:
-        error = _application_error_for(exc)
-        attempt = record(
-            outcome=exc.outcome,
+        outcome, error = upstream_failure(exc)
+        request.record(
+            outcome,
             status_code=exc.status_code,
             api_error_code=error.code,
             error_type=exc.error_type,
@@ -157,40 +159,74 @@ def chatkit_session_create(
             attempts=exc.attempts,
             latency_ms=exc.latency_ms,
         )
-        error.request_id = attempt.id
+        error.request_id = request.attempt_id
         raise error from exc
 
-    attempt = record(
-        outcome=SessionAttempt.Outcome.SUCCESS,
-        status_code=200,
-        upstream_request_id=result.request_id,
-        session_id=result.session_id,
-        expires_at=datetime.fromtimestamp(result.expires_at, UTC) if result.expires_at else None,
-        attempts=result.attempts,
-        latency_ms=result.latency_ms,
-    )
+    try:
+        request.record(
+            Outcome.SUCCESS,
+            status_code=200,
+            upstream_request_id=result.request_id,
+            session_id=result.session_id,
+            expires_at=_expiry(result.expires_at),
+            attempts=result.attempts,
+            latency_ms=result.latency_ms,
+        )
+    except Exception:
+        # The secret must not leave without its row; the session it opens must not outlive it.
+        logger.exception(
+            "Session %s was minted but not recorded; cancelling it upstream.", result.session_id
+        )
+        _session_cancel_quietly(result.session_id)
+        raise
     return SessionGrant(
-        client_secret=result.client_secret, expires_at=result.expires_at, attempt_id=attempt.id
+        client_secret=result.client_secret,
+        expires_at=result.expires_at,
+        attempt_id=request.attempt_id,
     )
 
 
-def _application_error_for(exc: client.UpstreamError) -> errors.ApplicationError:
+def _database_connection_release() -> None:
+    # A logged-in caller's session lookup took a pooled connection, which Django would keep
+    # until the response. Hand it back for the upstream's hundreds of milliseconds, or a few
+    # slow calls would empty the pool; the audit write takes one again, for a millisecond.
+    if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
+        connection.close()
+
+
+def _expiry(timestamp: int | None) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
+    except (OverflowError, OSError, ValueError):  # a year past 9999: kept as unknown
+        return None
+
+
+def _session_cancel_quietly(session_id: str) -> None:
+    try:
+        chatkit_client().cancel_session(session_id)
+    except client.UpstreamError as exc:
+        logger.error("Could not cancel session %s upstream: %s", session_id, exc)
+
+
+# How each kind of upstream failure is recorded (its outcome) and answered (its error). The one
+# place that classifies them: the default alert rules match the error codes chosen here.
+_OUTCOMES = {
+    client.UpstreamTimeout: Outcome.TIMEOUT,
+    client.UpstreamNetworkError: Outcome.NETWORK_ERROR,
+    client.UpstreamInvalidResponse: Outcome.INVALID_RESPONSE,
+    client.UpstreamHTTPError: Outcome.UPSTREAM_ERROR,
+}
+
+
+def upstream_failure(exc: client.UpstreamError) -> tuple[str, errors.ApplicationError]:
+    """The audit outcome and the API error for a failed upstream call."""
+    outcome = _OUTCOMES.get(type(exc), Outcome.UPSTREAM_ERROR)
+    error_class = upstream_error_class(outcome=outcome, status_code=exc.status_code)
     detail = (exc.error_message or "") if settings.DEBUG else ""
-    if isinstance(exc, client.UpstreamTimeout):
-        return errors.UpstreamTimedOut(debug_detail=detail)
-    if isinstance(exc, client.UpstreamInvalidResponse):
-        return errors.UpstreamInvalidResponse(debug_detail=detail)
-    status = exc.status_code
-    if status in (401, 403):
-        return errors.UpstreamAuthFailed(debug_detail=detail)
-    if status == 404:
-        return errors.UpstreamWorkflowNotFound(debug_detail=detail)
-    if status == 429:
+    if error_class is errors.UpstreamRateLimited:
         wait = math.ceil(exc.retry_after) if exc.retry_after else 5
-        return errors.UpstreamRateLimited(retry_after=wait, debug_detail=detail)
-    if status is not None and 400 <= status < 500:
-        return errors.UpstreamRejected(debug_detail=detail)
-    return errors.UpstreamUnavailable(debug_detail=detail)
+        return outcome, error_class(retry_after=wait, debug_detail=detail)
+    return outcome, error_class(debug_detail=detail)
 
 
 def chatkit_sessions_cancel(*, user_id: int) -> int:
@@ -208,3 +244,20 @@ def chatkit_sessions_cancel(*, user_id: int) -> int:
             continue
         cancelled += 1
     return cancelled
+
+
+def upstream_error_class(*, outcome: str, status_code: int | None) -> type[errors.ApplicationError]:
+    """The API error for an upstream failure recorded with this outcome and status."""
+    if outcome == Outcome.TIMEOUT:
+        return errors.UpstreamTimedOut
+    if outcome == Outcome.INVALID_RESPONSE:
+        return errors.UpstreamInvalidResponse
+    if status_code in (401, 403):
+        return errors.UpstreamAuthFailed
+    if status_code == 404:
+        return errors.UpstreamWorkflowNotFound
+    if status_code == 429:
+        return errors.UpstreamRateLimited
+    if status_code is not None and 400 <= status_code < 500:
+        return errors.UpstreamRejected
+    return errors.UpstreamUnavailable

@@ -1,9 +1,10 @@
-"""Audit rows for tests, written through the real service (so backlog and triggers run too)."""
+"""Audit rows for tests, written through the real service (pending minutes, alert triggers)."""
 
 from datetime import datetime, timedelta
 
 from audit.models import SessionAttempt
 from audit.services import session_attempt_record
+from sessions_api.services import upstream_error_class
 
 
 def record_attempts(
@@ -34,6 +35,8 @@ def _error_fields(outcome: str, status: int | None) -> dict:
     if outcome == "success":
         return {}
     return {
+        # What the service records for this failure: the one classification of them.
+        "api_error_code": upstream_error_class(outcome=outcome, status_code=status).code,
         "error_message": "Incorrect API key provided: sk-[REDACTED]",
         "error_code": "invalid_api_key" if status == 401 else "",
     }

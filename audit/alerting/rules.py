@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db.models import Q
 
-from audit.models import Alert, SessionAttempt
+from audit.models import Alert
 
 logger = logging.getLogger(__name__)
 
@@ -22,24 +22,16 @@ class AlertRule:
     threshold: int
     window_seconds: int = 300
     min_ratio: float | None = None
-    # What matches: any of these upstream statuses, this status range, or these outcomes.
-    status_codes: tuple[int, ...] = ()
-    status_range: tuple[int, int] | None = None
-    outcomes: tuple[str, ...] = ()
-    # One incident per workflow and status code, or per workflow only.
+    # What matches: attempts answered with any of these error codes. The codes are the API's
+    # (sessions_api/errors.py), chosen for each upstream failure in one place
+    # (sessions_api/services.py upstream_error_class), so a rule cannot disagree with it.
+    error_codes: tuple[str, ...] = ()
+    # One incident per workflow and upstream status code, or per workflow only.
     per_status: bool = True
     enabled: bool = True
 
     def matches(self) -> Q:
-        condition = Q(pk__in=[])
-        if self.status_codes:
-            condition |= Q(status_code__in=self.status_codes)
-        if self.status_range:
-            low, high = self.status_range
-            condition |= Q(status_code__gte=low, status_code__lte=high)
-        if self.outcomes:
-            condition |= Q(outcome__in=self.outcomes)
-        return condition
+        return Q(api_error_code__in=self.error_codes)
 
 
 DEFAULT_RULES = (
@@ -48,14 +40,14 @@ DEFAULT_RULES = (
         title="OpenAI refuses our key or project",
         severity=Alert.Severity.CRITICAL,
         threshold=3,
-        status_codes=(401, 403),
+        error_codes=("upstream_auth_failed",),
     ),
     AlertRule(
         name="upstream_workflow_not_found",
         title="Workflow not found for our key",
         severity=Alert.Severity.CRITICAL,
         threshold=3,
-        status_codes=(404,),
+        error_codes=("upstream_workflow_not_found",),
     ),
     AlertRule(
         name="upstream_rejected",
@@ -63,15 +55,14 @@ DEFAULT_RULES = (
         severity=Alert.Severity.WARNING,
         threshold=10,
         min_ratio=0.2,
-        status_codes=(400, 422),
+        error_codes=("upstream_rejected",),
     ),
     AlertRule(
         name="upstream_unavailable",
         title="OpenAI unavailable, slow or unreachable",
         severity=Alert.Severity.WARNING,
         threshold=20,
-        status_range=(500, 599),
-        outcomes=(SessionAttempt.Outcome.TIMEOUT, SessionAttempt.Outcome.NETWORK_ERROR),
+        error_codes=("upstream_unavailable", "upstream_timeout"),
         per_status=False,
     ),
 )

@@ -27,6 +27,7 @@ from audit.models import (
     SessionAttempt,
 )
 from audit.services import session_attempt_record
+from sessions_api import errors
 from tests.factories import record_attempts
 
 pytestmark = pytest.mark.django_db
@@ -287,35 +288,71 @@ def test_override_values_on_each_boundary(settings, field, value, valid):
     assert len(names) == len(DEFAULT_RULES) - (0 if valid else 1)
 
 
-def test_a_rule_matches_any_of_its_statuses_its_range_or_its_outcomes():
+def test_a_rule_matches_any_of_its_error_codes():
     rule = AlertRule(
         name="custom",
         title="Custom",
         severity="warning",
         threshold=1,
-        status_codes=(429,),
-        status_range=(500, 503),
-        outcomes=("timeout",),
+        error_codes=("upstream_rate_limited", "upstream_timeout"),
     )
-    for status in (200, 429, 499, 500, 503, 504, 600):
+    for status in (200, 401, 429, 500):
         attempts(1, status=status, outcome="upstream_error", workflow=f"wf_{status}")
     attempts(1, status=None, outcome="timeout", workflow="wf_timeout")
     attempts(1, status=None, outcome="network_error", workflow="wf_network")
 
     matched = SessionAttempt.objects.filter(rule.matches()).values_list("workflow_id", flat=True)
-    assert sorted(matched) == ["wf_429", "wf_500", "wf_503", "wf_timeout"]
+    assert sorted(matched) == ["wf_429", "wf_timeout"]
     nothing = AlertRule(name="none", title="None", severity="warning", threshold=1)
     assert not SessionAttempt.objects.filter(nothing.matches()).exists()
 
 
-def test_the_default_5xx_range_is_500_to_599():
+@pytest.mark.parametrize(
+    ("outcome", "status", "rule"),
+    [
+        ("upstream_error", 401, "upstream_auth"),
+        ("upstream_error", 403, "upstream_auth"),
+        ("upstream_error", 404, "upstream_workflow_not_found"),
+        ("upstream_error", 400, "upstream_rejected"),
+        ("upstream_error", 409, "upstream_rejected"),
+        ("upstream_error", 422, "upstream_rejected"),
+        ("upstream_error", 500, "upstream_unavailable"),
+        ("upstream_error", 503, "upstream_unavailable"),
+        ("timeout", None, "upstream_unavailable"),
+        ("network_error", None, "upstream_unavailable"),
+        ("upstream_error", 429, None),
+        ("invalid_response", 200, None),
+    ],
+)
+def test_each_upstream_failure_falls_under_the_rule_of_its_error(outcome, status, rule):
+    # The rules follow the service's one classification: a 409 is upstream_rejected for the
+    # browser, so it counts towards that rule too.
+    attempts(1, status=status, outcome=outcome)
+
+    matched = [r.name for r in DEFAULT_RULES if SessionAttempt.objects.filter(r.matches()).exists()]
+    assert matched == ([rule] if rule else [])
+
+
+def test_every_error_code_a_rule_names_is_one_the_api_answers_with():
+    codes = {
+        cls.code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.ApplicationError)
+    }
+    for rule in DEFAULT_RULES:
+        assert rule.error_codes and set(rule.error_codes) <= codes, rule.name
+
+
+def test_every_answer_the_browser_sees_as_unavailable_counts_as_unavailable():
+    # 5xx, and what is not a 4xx either (a redirect, a status past 599): the same errors the
+    # browser is given, so the alert and the answers agree.
     [unavailable] = [rule for rule in DEFAULT_RULES if rule.name == "upstream_unavailable"]
-    for status in (499, 500, 599, 600):
+    for status in (302, 499, 500, 599, 600):
         attempts(1, status=status, workflow=f"wf_{status}")
     matched = SessionAttempt.objects.filter(unavailable.matches()).values_list(
         "workflow_id", flat=True
     )
-    assert sorted(matched) == ["wf_500", "wf_599"]
+    assert sorted(matched) == ["wf_302", "wf_500", "wf_599", "wf_600"]
 
 
 def test_payload_is_complete_and_free_of_secrets_and_usernames(django_user_model):
@@ -324,6 +361,7 @@ def test_payload_is_complete_and_free_of_secrets_and_usernames(django_user_model
         session_attempt_record(
             outcome="upstream_error",
             status_code=401,
+            api_error_code="upstream_auth_failed",
             workflow_id=WF,
             user=user,
             user_ref="u_pseudonymous",

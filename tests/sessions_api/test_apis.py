@@ -1,8 +1,11 @@
 import json
 
 import pytest
+from django.db import OperationalError, connection
 
+from audit import services as audit_services
 from audit.models import SessionAttempt
+from sessions_api import errors, services
 from tests.constants import CANARY_KEY, OTHER_WORKFLOW_ID, WORKFLOW_ID
 
 pytestmark = pytest.mark.django_db
@@ -238,3 +241,118 @@ def test_wrong_method_is_405_json(api_client, upstream, method):
     assert response.status_code == 405
     assert error_of(response)["code"] == "method_not_allowed"
     assert SessionAttempt.objects.count() == 0
+
+
+# --- exactly one row, whatever breaks ---------------------------------------------------------
+
+
+def test_a_refused_body_keeps_its_workflow_and_kind(api_client, upstream):
+    response = post(api_client, {"workflow_id": "wf_" + "a" * 200, "current_client_secret": "ek_x"})
+
+    assert error_of(response)["code"] == "invalid_request"
+    attempt = only_attempt()
+    assert (attempt.kind, attempt.workflow_id) == ("refresh", ("wf_" + "a" * 200)[:128])
+
+
+def test_a_username_longer_than_the_user_ref_column_still_gets_its_row(
+    api_client, upstream, settings, django_user_model
+):
+    settings.CHATKIT_USER_ID_MODE = "username"
+    user = django_user_model.objects.create_user(username="u" * 150)
+    api_client.force_login(user)
+    api_client.get("/admin/login/")  # sets the CSRF cookie
+    token = api_client.cookies["csrftoken"].value
+
+    response = post(api_client, HTTP_X_CSRFTOKEN=token)
+
+    assert response.status_code == 200
+    attempt = only_attempt()
+    assert (attempt.username, attempt.user_ref) == ("u" * 150, "u" * 128)
+    assert upstream.state.received()[0]["json"]["user"] == "u" * 150
+
+
+def minted_sessions(upstream) -> list[str]:
+    return [session["status"] for session in upstream.state.sessions.values()]
+
+
+def test_a_bug_after_the_mint_cancels_the_session_and_leaves_a_row(
+    api_client, upstream, monkeypatch, caplog
+):
+    def broken(timestamp):
+        raise RuntimeError("a bug in building the row")
+
+    monkeypatch.setattr(services, "_expiry", broken)
+
+    response = post(api_client)
+
+    assert response.status_code == 500
+    error = error_of(response)
+    assert error["code"] == "internal_error"
+    attempt = only_attempt()
+    assert (error["request_id"], attempt.outcome, attempt.api_error_code) == (
+        attempt.id,
+        "internal_error",
+        "internal_error",
+    )
+    assert minted_sessions(upstream) == ["cancelled"]
+    assert "was minted but not recorded; cancelling it upstream" in caplog.text
+    assert "ek_" not in response.content.decode()
+
+
+@pytest.fixture
+def database_refusing_audit_rows(monkeypatch):
+    def refuse(attempt):
+        raise OperationalError("connection to server lost")
+
+    monkeypatch.setattr(audit_services, "_attempt_insert", refuse)
+
+
+@pytest.mark.parametrize("faults", [[], [{"status": 401}]], ids=["minted", "upstream-401"])
+def test_a_row_that_cannot_be_written_means_503_and_no_session(
+    api_client, upstream, database_refusing_audit_rows, faults
+):
+    upstream.state.push_faults(faults)
+
+    response = post(api_client)
+
+    assert response.status_code == 503
+    assert error_of(response) == {
+        "code": "audit_unavailable",
+        "message": errors.AuditUnavailable.message,
+        "request_id": None,
+    }
+    assert not SessionAttempt.objects.exists()
+    assert minted_sessions(upstream) == (["cancelled"] if not faults else [])
+
+
+def test_a_refusal_that_cannot_be_recorded_is_a_503(
+    api_client, upstream, database_refusing_audit_rows
+):
+    response = post(api_client, raw="{not json")
+
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "audit_unavailable"
+    assert upstream.state.received() == []
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+# PostgreSQL: the audit row and its pending-minute mark are one statement. SQLite has no INSERT
+# in WITH: the test's savepoint, the row, the mark's update and its insert, the release.
+AUDIT_WRITE_QUERIES = {"postgresql": 1, "sqlite": 5}
+
+
+def test_an_anonymous_session_costs_one_database_round_trip(
+    api_client, upstream, django_assert_num_queries
+):
+    with django_assert_num_queries(AUDIT_WRITE_QUERIES[connection.vendor]):
+        assert post(api_client).status_code == 200
+
+
+def test_a_logged_in_session_adds_only_its_session_and_user_lookups(
+    logged_in_client, upstream, django_assert_num_queries
+):
+    logged_in_client.get("/admin/login/")
+    token = logged_in_client.cookies["csrftoken"].value
+    with django_assert_num_queries(AUDIT_WRITE_QUERIES[connection.vendor] + 2):
+        assert post(logged_in_client, HTTP_X_CSRFTOKEN=token).status_code == 200

@@ -426,7 +426,7 @@ def test_5xx_is_retried_twice_then_raised(httpserver, base_url, make_client, sle
     assert len(httpserver.log) == 3
     assert caught.value.status_code == status
     assert caught.value.attempts == 3
-    assert caught.value.outcome == "upstream_error"
+    assert type(caught.value) is UpstreamHTTPError
     # Backoff 0.25 s then 0.5 s, each times a jitter factor in [0.5, 1].
     assert len(sleeps) == 2
     assert 0.125 <= sleeps[0] <= 0.25
@@ -830,7 +830,7 @@ def test_read_timeout_is_not_retried(raw_server, make_client, sleeps):
 
     assert stats["requests"] == 1
     assert caught.value.attempts == 1
-    assert caught.value.outcome == "timeout"
+    assert type(caught.value) is UpstreamTimeout
     assert sleeps == []
 
 
@@ -964,7 +964,7 @@ def test_connection_refused_is_retried_then_raised(closed_port, make_client, sle
         client.create_session(workflow_id="wf_abc", user="user-1")
 
     assert caught.value.attempts == 3
-    assert caught.value.outcome == "network_error"
+    assert type(caught.value) is UpstreamNetworkError
     assert caught.value.status_code is None
     assert len(sleeps) == 2
     assert "refused" in caught.value.error_message.lower()
@@ -1093,7 +1093,7 @@ def test_unusable_2xx_is_an_invalid_response(httpserver, base_url, make_client, 
     assert len(httpserver.log) == 1
     assert caught.value.attempts == 1
     assert caught.value.status_code == 200
-    assert caught.value.outcome == "invalid_response"
+    assert type(caught.value) is UpstreamInvalidResponse
     assert CLIENT_SECRET not in all_text(caught.value, caplog)
 
 

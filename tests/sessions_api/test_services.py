@@ -18,8 +18,8 @@ from sessions_api import client, errors
 from sessions_api.identity import ChatKitIdentity, user_ref_for_user
 from sessions_api.services import (
     SessionGrant,
+    SessionRequest,
     allowed_workflows,
-    chatkit_attempt_reject,
     chatkit_client,
     chatkit_session_create,
     chatkit_sessions_cancel,
@@ -43,7 +43,16 @@ def identity_of(user) -> ChatKitIdentity:
 
 
 def create(**kwargs) -> SessionGrant:
-    return chatkit_session_create(**{"user": AnonymousUser(), "identity": ANON, **kwargs})
+    return chatkit_session_create(
+        SessionRequest(**{"user": AnonymousUser(), "identity": ANON, **kwargs})
+    )
+
+
+def refuse(error: errors.ApplicationError, **kwargs) -> SessionAttempt:
+    assert SessionRequest(**kwargs).refuse(error) is error
+    attempt = only_attempt()
+    assert error.request_id == attempt.id
+    return attempt
 
 
 # --- the client and the workflows it may ask for ---------------------------------------------
@@ -115,9 +124,8 @@ def test_a_rejection_of_a_logged_in_user_is_recorded_under_their_id(user, settin
     settings.CHATKIT_AUDIT_CLIENT_IP = True
     error = errors.InvalidRequest("workflow_id: Not a valid string.")
 
-    attempt = chatkit_attempt_reject(user=user, identity=None, error=error, client_ip=CLIENT_IP)
+    attempt = refuse(error, user=user, client_ip=CLIENT_IP)
 
-    assert attempt == only_attempt()
     assert (attempt.outcome, attempt.kind) == ("rejected", "initial")
     assert (attempt.user, attempt.user_ref, attempt.anonymous) == (
         user,
@@ -134,7 +142,7 @@ def test_a_rejection_of_a_logged_in_user_is_recorded_under_their_id(user, settin
 def test_a_rejection_of_an_anonymous_caller_without_identity_has_a_blank_ref():
     error = errors.CsrfFailed()
 
-    attempt = chatkit_attempt_reject(user=AnonymousUser(), identity=None, error=error)
+    attempt = refuse(error, user=AnonymousUser())
 
     assert (attempt.user, attempt.user_ref, attempt.anonymous) == (None, "", True)
     assert (attempt.api_error_code, attempt.error_message) == ("csrf_failed", error.message)
@@ -144,9 +152,7 @@ def test_a_rejection_of_an_anonymous_caller_without_identity_has_a_blank_ref():
 def test_a_rejection_with_an_identity_records_that_identity(user):
     error = errors.WorkflowNotAllowed()
 
-    attempt = chatkit_attempt_reject(
-        user=AnonymousUser(), identity=ANON, error=error, workflow_id="wf_x", refresh=True
-    )
+    attempt = refuse(error, user=AnonymousUser(), identity=ANON, workflow_id="wf_x", refresh=True)
 
     assert (attempt.user_ref, attempt.anonymous, attempt.kind) == (ANON.user_ref, True, "refresh")
     assert attempt.workflow_id == "wf_x"
@@ -155,9 +161,7 @@ def test_a_rejection_with_an_identity_records_that_identity(user):
 def test_a_rejection_records_the_identity_the_request_was_made_as(user):
     # The view passes the user re-read from the session: it is anonymous again when the session
     # ended meanwhile (a logout or password change in another tab), but the identity is not.
-    attempt = chatkit_attempt_reject(
-        user=AnonymousUser(), identity=identity_of(user), error=errors.InvalidRequest()
-    )
+    attempt = refuse(errors.InvalidRequest(), user=AnonymousUser(), identity=identity_of(user))
 
     assert (attempt.user, attempt.user_ref, attempt.anonymous) == (
         None,
@@ -466,3 +470,16 @@ def test_cancel_raises_any_other_upstream_error(upstream, user, settings):
     assert caught.value.status_code == 401
     [session] = upstream.state.sessions.values()
     assert session["status"] == "active"
+
+
+def test_a_request_has_one_row_however_often_it_is_refused():
+    request = SessionRequest(user=AnonymousUser(), identity=ANON)
+    first = request.refuse(errors.InvalidRequest())
+    second = request.refuse(errors.CsrfFailed())
+
+    attempt = only_attempt()
+    assert first.request_id == second.request_id == attempt.id
+    assert attempt.api_error_code == "invalid_request"
+    with pytest.raises(RuntimeError, match="already has its audit row"):
+        request.record("success")
+    assert SessionAttempt.objects.count() == 1
