@@ -2,7 +2,8 @@
 
 Starts the emulator (0 ms) and the broker exactly as bench/compare.py runs it ("ours": its own
 gunicorn.conf.py, PostgreSQL, Redis, throttles off unless --throttled), but with one worker so
-py-spy follows one process. wrk drives one connection, so there is never a queue; py-spy samples
+py-spy follows one process. wrk drives one connection (--connections to change it), so there is
+never a queue; py-spy samples
 the worker with --gil (only a thread holding the GIL counts: Python's CPU, not its waiting), and
 the samples are put into buckets by the first frame of ours they pass through.
 
@@ -80,6 +81,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--throttled", action="store_true", help="throttle on (refuses nothing)")
+    parser.add_argument(
+        "--connections", type=int, default=1, help="wrk connections (1: no queue, no contention)"
+    )
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
     options = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL", "")
@@ -90,7 +94,7 @@ def main() -> int:
     database = recreate_database(database_url, BENCH_DB)
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as scratch_name:
         scratch = Path(scratch_name)
-        env = server_env(variant, 0, 0, database, redis_url, scratch)
+        env = server_env(variant, 0, "http://127.0.0.1:0/v1", database, redis_url, scratch)
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
                        check=True, timeout=300)  # fmt: skip
         upstream_port, port = free_port(), free_port()
@@ -98,7 +102,8 @@ def main() -> int:
             [sys.executable, "manage.py", "chatkit_emulator", "--port", str(upstream_port)],
             cwd=ROOT, env=env, log=scratch / "upstream.log",
         )  # fmt: skip
-        env = {**server_env(variant, port, upstream_port, database, redis_url, scratch)}
+        upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+        env = server_env(variant, port, upstream_url, database, redis_url, scratch)
         env["WEB_CONCURRENCY"] = "1"
         command, cwd = server_command(variant, port)
         server = start(command, cwd=cwd, env=env, log=scratch / "server.log")
@@ -106,16 +111,16 @@ def main() -> int:
             wait_until_up(f"http://127.0.0.1:{upstream_port}/_emulator/stats")
             url = f"http://127.0.0.1:{port}{PATHS[variant]}"
             wait_until_up(url)
-            _wrk(url, 3)  # warm-up
+            _wrk(url, 3, options.connections)  # warm-up
             worker = _only_child(server.pid)
             raw = scratch / "stacks.txt"
             spy = subprocess.Popen(
-                [py_spy(), "record", "--gil", "--format", "raw", "--rate", "250",
+                [py_spy(), "record", "--gil", "--nonblocking", "--format", "raw", "--rate", "250",
                  "--duration", str(options.seconds), "--pid", str(worker), "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1)
-            load = parse_wrk(_wrk(url, options.seconds - 2))
+            load = parse_wrk(_wrk(url, options.seconds - 2, options.connections))
             spy.wait(timeout=60)
             text = raw.read_text()
         finally:
@@ -123,15 +128,25 @@ def main() -> int:
             stop(upstream)
     if options.raw:
         options.raw.write_text(text)
-    print(f"{variant}: {load['rate']:.0f} req/s at one connection, p50 {load['p50_ms']:.2f} ms")
+    print(f"{variant}: {load['rate']:.0f} req/s at {options.connections} connection(s), "
+          f"p50 {load['p50_ms']:.2f} ms")  # fmt: skip
     for name, share in summarise(text):
         print(f"  {share:5.1f} %  {name}")
     return 0
 
 
-def _wrk(url: str, seconds: int) -> str:
-    # One thread, one connection: compare.py's wrk() always uses two threads.
-    command = ["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", "-s", str(POST_LUA), url]
+def _wrk(url: str, seconds: int, connections: int) -> str:
+    # One thread: compare.py's wrk() always uses two, which needs two connections at least.
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(POST_LUA),
+        url,
+    ]
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
