@@ -6,6 +6,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from audit.models import Heartbeat, PendingMinute, SessionAttempt
+from audit.writer import GroupWriter
 from redaction import clean_text
 
 ERROR_MESSAGE_LIMIT = 2048
@@ -14,29 +15,48 @@ ERROR_MESSAGE_LIMIT = 2048
 PENDING_SLOTS = 16
 _COLUMNS = [field for field in SessionAttempt._meta.concrete_fields if not field.primary_key]
 
-# The audit row and its minute's PendingMinute mark in one statement, hence one round trip and
+# Audit rows and their minutes' PendingMinute marks in one statement, hence one round trip and
 # one transaction of its own (autocommit): no BEGIN, no COMMIT, no savepoint. The mark is an
-# upsert that bumps `writes`, never DO NOTHING: audit/models.py PendingMinute says why.
+# upsert that bumps `writes`, never DO NOTHING: audit/models.py PendingMinute says why. Ids come
+# from the sequence in VALUES order, so ORDER BY id lists them in the order the rows were given.
 _INSERT_POSTGRESQL = """
     WITH attempt AS (
-        INSERT INTO audit_sessionattempt ({columns}) VALUES ({values}) RETURNING id, created_at
+        INSERT INTO audit_sessionattempt ({columns}) VALUES {rows} RETURNING id, created_at
     ), pending AS (
         INSERT INTO audit_pendingminute (minute, slot, writes)
-        SELECT date_trunc('minute', created_at, 'UTC'), pg_backend_pid() %% {slots}, 1
-        FROM attempt
-        ON CONFLICT (minute, slot) DO UPDATE SET writes = audit_pendingminute.writes + 1
+        SELECT date_trunc('minute', created_at, 'UTC'), pg_backend_pid() %% {slots}, COUNT(*)
+        FROM attempt GROUP BY 1
+        ON CONFLICT (minute, slot)
+        DO UPDATE SET writes = audit_pendingminute.writes + EXCLUDED.writes
     )
-    SELECT id FROM attempt
+    SELECT id FROM attempt ORDER BY id
 """
 
 
 @functools.cache
-def _insert_sql_postgresql() -> str:
+def _insert_sql_postgresql(rows: int) -> str:
+    values = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
     return _INSERT_POSTGRESQL.format(
         columns=", ".join(connection.ops.quote_name(field.column) for field in _COLUMNS),
-        values=", ".join(["%s"] * len(_COLUMNS)),
+        rows=", ".join([values] * rows),
         slots=PENDING_SLOTS,
     )
+
+
+def attempts_insert(attempts: list[SessionAttempt]) -> list[int]:
+    """Insert rows (and mark their minutes) in one statement on PostgreSQL; their ids, in order."""
+    params = [
+        field.get_db_prep_save(getattr(attempt, field.attname), connection)
+        for attempt in attempts
+        for field in _COLUMNS
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql_postgresql(len(attempts)), params)
+        return [attempt_id for (attempt_id,) in cursor.fetchall()]
+
+
+# The process's group-commit writer (audit/writer.py), used when AUDIT_GROUP_COMMIT is on.
+_writer = GroupWriter(attempts_insert)
 
 
 def session_attempt_record(
@@ -116,11 +136,10 @@ def _refuse_outer_transaction() -> None:
 def _attempt_insert(attempt: SessionAttempt) -> None:
     # Not mutated: mutation runs use SQLite; CI runs these tests on PostgreSQL.
     if connection.vendor == "postgresql":  # pragma: no mutate block
-        params = [field.get_db_prep_save(getattr(attempt, field.attname), connection)
-                  for field in _COLUMNS]  # fmt: skip
-        with connection.cursor() as cursor:
-            cursor.execute(_insert_sql_postgresql(), params)
-            attempt.pk = cursor.fetchone()[0]
+        if settings.AUDIT_GROUP_COMMIT:
+            _writer.write(attempt)
+        else:
+            [attempt.pk] = attempts_insert([attempt])
         return
     # SQLite has no INSERT in WITH; its transaction holds the database's one write lock, so
     # the two statements cannot interleave with an aggregation run.

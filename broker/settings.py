@@ -108,6 +108,10 @@ else:
         "timeout": env.float("DB_POOL_TIMEOUT", default=5.0),
     }
 
+# PostgreSQL: concurrent requests' audit rows are written by one thread per process in one
+# statement and one commit (audit/writer.py); each request still waits for its own commit.
+AUDIT_GROUP_COMMIT = env.bool("AUDIT_GROUP_COMMIT", default=True)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth, i18n, static -------------------------------------------------------------------------

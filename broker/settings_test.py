@@ -54,3 +54,6 @@ else:
     # Django builds a pool from the settings it first sees, before the test database exists;
     # tests/test_gunicorn.py runs the pooled production settings in a real server instead.
     DATABASES["default"]["OPTIONS"].pop("pool", None)
+# Rows are written on the test's own connection, inside its transaction, so each test sees
+# them and rolls them back; tests/audit/test_writer.py runs the group-commit writer itself.
+AUDIT_GROUP_COMMIT = False

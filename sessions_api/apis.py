@@ -4,6 +4,8 @@ import ipaddress
 
 from django.conf import settings
 from django.contrib.auth import get_user
+from django.contrib.auth.models import AnonymousUser
+from django.db import DatabaseError
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -81,7 +83,10 @@ class ChatKitSessionCreateApi(APIView):
         if self.attempt.user is None:
             # Refused before post() ran. Read the user from the session: DRF has reset
             # request.user to anonymous if its CSRF check failed.
-            self.attempt.user = get_user(self.django_request)
+            try:
+                self.attempt.user = get_user(self.django_request)
+            except DatabaseError:  # the refusal is the database itself: record who we can
+                self.attempt.user = AnonymousUser()
         outcome = SessionAttempt.Outcome.REJECTED
         if error.code == errors.ApplicationError.code:
             outcome = SessionAttempt.Outcome.INTERNAL_ERROR

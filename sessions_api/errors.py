@@ -8,6 +8,7 @@ import logging
 import math
 
 from django.conf import settings
+from django.db import DatabaseError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -155,6 +156,11 @@ def as_application_error(exc: Exception) -> ApplicationError | None:
         return InvalidRequest(_validation_message(exc.detail), request_id=request_id)
     if isinstance(exc, exceptions.ParseError):
         return InvalidRequest(f"Malformed JSON: {exc.detail}", request_id=request_id)
+    if isinstance(exc, DatabaseError):
+        # No session is handed out that cannot be recorded, so the database being down or
+        # overloaded (a pool that lent every connection) is this error too.
+        logger.error("Database error while serving a session request: %s", exc)
+        return AuditUnavailable(request_id=request_id)
     if isinstance(exc, exceptions.APIException):
         error = ApplicationError(str(exc.detail), request_id=request_id)
         error.status_code, error.code = exc.status_code, exc.default_code

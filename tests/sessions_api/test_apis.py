@@ -356,3 +356,21 @@ def test_a_logged_in_session_adds_only_its_session_and_user_lookups(
     token = logged_in_client.cookies["csrftoken"].value
     with django_assert_num_queries(AUDIT_WRITE_QUERIES[connection.vendor] + 2):
         assert post(logged_in_client, HTTP_X_CSRFTOKEN=token).status_code == 200
+
+
+def test_a_database_failing_before_the_view_is_a_json_503(logged_in_client, upstream, monkeypatch):
+    # The session lookup of a logged-in caller fails (the database is down, or the pool lent
+    # every connection): a JSON 503 with its row, never Django's HTML error page.
+    from django.contrib.sessions.backends.db import SessionStore
+
+    def down(self):
+        raise OperationalError("connection pool exhausted")
+
+    monkeypatch.setattr(SessionStore, "load", down)
+
+    response = post(logged_in_client)
+
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "audit_unavailable"
+    assert only_attempt().api_error_code == "audit_unavailable"
+    assert upstream.state.received() == []

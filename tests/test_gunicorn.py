@@ -1,0 +1,133 @@
+"""The production server as docker-compose and `make run` start it: gunicorn with
+gunicorn.conf.py, the PostgreSQL connection pool and group-committed audit rows, against the
+emulator over real sockets. The rest of the suite runs Django in-process, without either.
+"""
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+
+from audit.models import SessionAttempt
+from tests.conftest import require_service
+from tests.constants import CANARY_KEY, WORKFLOW_ID
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(upstream, tmp_path):
+    """A gunicorn worker with a pool of two connections; yields its base URL."""
+    require_service("PostgreSQL", "DATABASE_URL")
+    if connection.vendor != "postgresql":
+        pytest.fail("DATABASE_URL must name PostgreSQL for this test")
+    database = settings.DATABASES["default"]
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CHATKIT_"))},
+        "DJANGO_SETTINGS_MODULE": "broker.settings",
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DATABASE_URL": (
+            f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:"
+            f"{database['PORT'] or 5432}/{database['NAME']}"
+        ),
+        "OPENAI_API_KEY": CANARY_KEY,
+        "OPENAI_WORKFLOW_ID": WORKFLOW_ID,
+        "OPENAI_BASE_URL": upstream.base_url,
+        "CHATKIT_USER_ID_SECRET": settings.CHATKIT_USER_ID_SECRET,
+        "CHATKIT_THROTTLE_ANON": "",
+        "CHATKIT_THROTTLE_USER": "",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "1",
+        "DB_POOL_MIN_SIZE": "1",
+        "DB_POOL_MAX_SIZE": "2",
+        "DB_POOL_TIMEOUT": "1",
+    }
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "broker.wsgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"{base}/healthz", timeout=1)
+                break
+            except requests.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_slow_logged_in_sessions_do_not_hold_the_pool(server, upstream, django_user_model):
+    # Eight logged-in callers at once, each upstream call 1.5 s, a pool of two connections that
+    # a request waits 1 s for: only if each request hands its connection back while it waits
+    # on the upstream do all eight get a session.
+    user = django_user_model.objects.create_user(username="ada")
+    browser = Client()
+    browser.force_login(user)
+    csrf = secrets.token_hex(16)
+    cookies = {settings.SESSION_COOKIE_NAME: browser.cookies[settings.SESSION_COOKIE_NAME].value,
+               settings.CSRF_COOKIE_NAME: csrf}  # fmt: skip
+    upstream.state.push_faults([{"ok": True, "latency_ms": 1500}] * 8)
+
+    def mint(_):
+        return requests.post(
+            f"{server}/api/chatkit/session/",
+            json={},
+            cookies=cookies,
+            headers={"X-CSRFToken": csrf},
+            timeout=30,
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(mint, range(8)))
+
+    assert [r.status_code for r in responses] == [200] * 8, responses[0].text
+    secrets_given = {r.json()["client_secret"] for r in responses}
+    assert len(secrets_given) == 8
+    rows = SessionAttempt.objects.filter(outcome="success", user=user)
+    assert rows.count() == 8
+    assert {row.session_id for row in rows} == set(upstream.state.sessions)
+
+
+def test_a_burst_of_anonymous_sessions_is_audited_row_for_row(server, upstream):
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(
+            pool.map(lambda _: requests.post(f"{server}/api/chatkit/session/", json={}), range(200))
+        )
+
+    assert [r.status_code for r in responses] == [200] * 200
+    assert SessionAttempt.objects.filter(outcome="success").count() == 200
+    assert set(SessionAttempt.objects.values_list("session_id", flat=True)) == set(
+        upstream.state.sessions
+    )
