@@ -16,7 +16,8 @@ variants alternating (ABBA order across repeats, because the machine is noisy). 
 warm-up, then a timed wrk run. Reported per point: requests/s, p50 and p99 latency, errors
 (non-2xx answers plus socket errors), and the CPU time per request of the server's process tree
 plus PostgreSQL and Redis, read from /proc before and after the timed run: wrk and the upstream
-are excluded (the upstream's own CPU is shown apart, to tell whether it was the limit).
+are excluded (the upstream's own CPU is shown apart, to tell whether it was the limit). Also
+reported: the largest peak RSS (VmHWM) of the server's processes, read after each run.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
         .venv/bin/python bench/compare.py [--repeats 3] [--duration 20] [--points 0x64,300x256]
@@ -91,6 +92,7 @@ class Run:
     cpu_ms_per_request: float  # server tree + PostgreSQL + Redis
     services_ms_per_request: float  # PostgreSQL + Redis alone (included in the above)
     upstream_ms_per_request: float
+    peak_rss_mb: float  # the largest peak RSS (VmHWM) of the server's processes
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -167,6 +169,21 @@ def tree_ticks(table: dict, root: int) -> int:
         total += table[pid][2]
         pending.extend(children.get(pid, []))
     return total
+
+
+def peak_rss_mb(root: int) -> float:
+    """The largest peak resident set (VmHWM) among a process and its children, in MB."""
+    table = process_table()
+    pids = [pid for pid, (parent, _, _) in table.items() if parent == root] + [root]
+    peaks = []
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        peaks += [int(line.split()[1]) / 1024 for line in status.splitlines()
+                  if line.startswith("VmHWM:")]  # fmt: skip
+    return max(peaks, default=0.0)
 
 
 def service_roots(table: dict) -> list[int]:
@@ -307,6 +324,7 @@ def measure_server(variant, connections_list, upstream, upstream_url, options, u
                 cpu_ms_per_request=served_ms[0] + served_ms[1],
                 services_ms_per_request=served_ms[1],
                 upstream_ms_per_request=served_ms[2],
+                peak_rss_mb=peak_rss_mb(server.pid),
             )
             print(f"    {variant:<15} {connections:>4} conns  {describe(runs[connections])}")
             if server.poll() is not None:
@@ -321,7 +339,7 @@ def describe(run: Run) -> str:
         f"{run.rate:8.1f} req/s  p50 {run.p50_ms:7.1f} ms  p99 {run.p99_ms:7.1f} ms  "
         f"errors {run.errors:>5}  CPU {run.cpu_ms_per_request:5.2f} ms/req "
         f"(PG+Redis {run.services_ms_per_request:4.2f}, "
-        f"upstream {run.upstream_ms_per_request:4.2f})"
+        f"upstream {run.upstream_ms_per_request:4.2f})  peak RSS {run.peak_rss_mb:.0f} MB"
     )
 
 
@@ -386,8 +404,8 @@ def spread(values: list[float], digits: int) -> str:
 def report(results: dict, points: list[tuple[int, int]], variants: list[str]) -> str:
     lines = [
         "| upstream | conns | server | req/s | p50 ms | p99 ms | errors | CPU ms/req |"
-        " of which PG+Redis | upstream CPU ms/req (excluded) |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        " of which PG+Redis | upstream CPU ms/req (excluded) | peak RSS per process MB |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for latency, connections in points:
         for variant in variants:
@@ -400,7 +418,8 @@ def report(results: dict, points: list[tuple[int, int]], variants: list[str]) ->
                 f"| {sum(r.errors for r in runs)} "
                 f"| {spread([r.cpu_ms_per_request for r in runs], 2)} "
                 f"| {spread([r.services_ms_per_request for r in runs], 2)} "
-                f"| {spread([r.upstream_ms_per_request for r in runs], 2)} |"
+                f"| {spread([r.upstream_ms_per_request for r in runs], 2)} "
+                f"| {spread([r.peak_rss_mb for r in runs], 0)} |"
             )
     lines += ["", "Ratio ours/naive (medians):", ""]
     lines += [
