@@ -43,6 +43,7 @@ MODULES: dict[str, list[str]] = {
     "audit/alerting/rules.py": ["tests/audit/test_alerting.py", "tests/audit/test_notify.py"],
     "audit/alerting/engine.py": ["tests/audit/test_alerting.py", "tests/audit/test_notify.py"],
     "audit/stats.py": ["tests/audit/test_stats.py"],
+    "audit/writer.py": ["tests/audit/test_writer_logic.py", "tests/audit/test_writer.py"],
     "audit/retention.py": ["tests/audit/test_retention.py"],
     "audit/reports.py": ["tests/audit/test_reports.py"],
 }

@@ -1,0 +1,190 @@
+"""The group-commit writer's own logic on real threads, with the database statement replaced by
+a recording function: batching, a bad row failing alone, one reconnect, the wait limit, stopping,
+a fork. tests/audit/test_writer.py runs it against PostgreSQL.
+"""
+
+import threading
+from dataclasses import dataclass
+
+import pytest
+from django.db import IntegrityError, InterfaceError, OperationalError
+
+from audit import writer
+
+
+@dataclass
+class Row:
+    name: str
+    pk: int | None = None
+
+
+class Statements:
+    """Stands for attempts_insert: records each statement's rows, fails on request."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.holding = 0
+        self.failures: list[Exception] = []  # raised by the next statements, in order
+        self.next_id = 100
+
+    def __call__(self, rows: list[Row]) -> list[int]:
+        self.holding = len(rows)
+        assert self.release.wait(timeout=30)
+        self.batches.append([row.name for row in rows])
+        if self.failures:
+            raise self.failures.pop(0)
+        if any(row.name.startswith("bad") for row in rows):
+            raise IntegrityError("new row violates check constraint")
+        ids = list(range(self.next_id, self.next_id + len(rows)))
+        self.next_id += len(rows)
+        return ids
+
+
+@pytest.fixture
+def statements():
+    return Statements()
+
+
+@pytest.fixture
+def group(statements):
+    group = writer.GroupWriter(statements)
+    yield group
+    statements.release.set()
+    group.stop()
+
+
+def write_in_threads(group, names: list[str]) -> tuple[list[threading.Thread], dict, dict]:
+    written, failed = {}, {}
+
+    def run(name):
+        row = Row(name)
+        try:
+            group.write(row)
+            written[name] = row.pk
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            failed[name] = exc
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    return threads, written, failed
+
+
+def held_until_queued(group, statements, names: list[str]):
+    """Hold the first statement until every row is in it or queued behind it, then release."""
+    statements.release.clear()
+    threads, written, failed = write_in_threads(group, names)
+    while statements.holding + group._queue.qsize() < len(names):
+        threading.Event().wait(0.005)
+    statements.release.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    return written, failed
+
+
+def test_a_row_alone_gets_its_id_when_its_statement_returns(group, statements):
+    row = Row("only")
+    group.write(row)
+    assert (row.pk, statements.batches) == (100, [["only"]])
+
+
+def test_rows_queued_behind_a_statement_go_into_the_next_one(group, statements):
+    names = [f"r{i}" for i in range(30)]
+
+    written, failed = held_until_queued(group, statements, names)
+
+    assert not failed
+    first, second = statements.batches
+    assert sorted(first + second) == sorted(names)
+    # Each row has the id of its own position in its statement.
+    assert {name: written[name] for name in second} == {
+        name: 100 + len(first) + i for i, name in enumerate(second)
+    }
+    assert len(set(written.values())) == 30
+
+
+def test_a_statement_holds_at_most_max_batch_rows(group, statements, monkeypatch):
+    monkeypatch.setattr(writer, "MAX_BATCH", 4)
+
+    written, failed = held_until_queued(group, statements, [f"r{i}" for i in range(9)])
+
+    assert not failed and len(written) == 9
+    assert max(len(batch) for batch in statements.batches) == 4
+
+
+def test_a_bad_row_fails_alone_and_the_others_are_written(group, statements):
+    written, failed = held_until_queued(group, statements, ["a", "b", "bad", "c"])
+
+    assert list(failed) == ["bad"] and isinstance(failed["bad"], IntegrityError)
+    assert sorted(written) == ["a", "b", "c"]
+    assert ["bad"] in statements.batches  # retried alone
+
+
+@pytest.mark.parametrize("lost", [OperationalError, InterfaceError])
+def test_a_lost_connection_is_retried_once_on_a_new_one(group, statements, lost):
+    statements.failures = [lost("server closed the connection unexpectedly")]
+    row = Row("after-restart")
+
+    group.write(row)
+
+    assert row.pk == 100
+    assert statements.batches == [["after-restart"], ["after-restart"]]
+
+
+def test_a_connection_lost_twice_fails_the_row(group, statements):
+    statements.failures = [OperationalError("down"), OperationalError("still down")]
+
+    with pytest.raises(OperationalError, match="still down"):
+        group.write(Row("x"))
+
+
+def test_any_other_error_reaches_the_waiting_request_and_the_writer_goes_on(group, statements):
+    statements.failures = [RuntimeError("a bug in the statement")]
+
+    with pytest.raises(RuntimeError, match="a bug in the statement"):
+        group.write(Row("x"))
+    row = Row("y")
+    group.write(row)
+    assert row.pk == 100
+
+
+def test_a_request_waits_for_its_commit_at_most_wait_seconds(group, statements, monkeypatch):
+    monkeypatch.setattr(writer, "WAIT_SECONDS", 0.1)
+    statements.release.clear()
+
+    with pytest.raises(OperationalError, match="did not commit within 0.1 s"):
+        group.write(Row("stuck"))
+
+
+def test_stop_writes_what_is_queued_then_ends_the_thread(group, statements):
+    statements.release.clear()
+    threads, written, _ = write_in_threads(group, ["a", "b"])
+    while statements.holding + group._queue.qsize() < 2:
+        threading.Event().wait(0.005)
+    stopper = threading.Thread(target=group.stop)
+    stopper.start()
+    statements.release.set()
+    stopper.join(timeout=30)
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sorted(written) == ["a", "b"]
+    assert not [t for t in threading.enumerate() if t.name == "audit-writer"]
+    row = Row("later")
+    group.write(row)  # a new thread, as after a fork
+    assert row.pk is not None
+
+
+def test_a_forked_process_starts_its_own_thread(group, statements, monkeypatch):
+    group.write(Row("parent"))
+    parent_queue = group._queue
+    monkeypatch.setattr(writer.os, "getpid", lambda: -1)  # as a child process sees itself
+
+    row = Row("child")
+    group.write(row)
+
+    assert group._queue is not parent_queue and row.pk == 101
+    group.stop()  # the child's thread
+    parent_queue.put(threading.Event())  # and the parent's, which a real child would not see
