@@ -99,9 +99,21 @@ def rate_count(key: str, window: int) -> tuple[int, int]:
         backend.add(key, 0, timeout=window)
         return backend.incr(key), window
     name = backend.make_and_validate_key(key)
-    # get_client() is the Redis cache backend's hook for reaching its redis-py client; a
-    # pipeline is a MULTI/EXEC transaction unless told otherwise.
-    pipeline = backend._cache.get_client(write=True).pipeline()
+    # A pipeline is a MULTI/EXEC transaction unless told otherwise.
+    pipeline = _redis_client(backend).pipeline()
     pipeline.incr(name).expire(name, window, nx=True).ttl(name)
     count, _, seconds_left = pipeline.execute()
     return count, max(seconds_left, 1)  # TTL says 0 in a window's last half second
+
+
+def _redis_client(backend: RedisCache):
+    """The redis-py client of a Redis cache backend, made once per backend (that is, per thread).
+
+    get_client() is the backend's hook for reaching it, but it builds a new client on every call,
+    which costs more CPU than the whole round trip; the client it builds shares the backend's
+    connection pool, so keeping it is safe.
+    """
+    client = backend.__dict__.get("_throttle_redis_client")
+    if client is None:
+        client = backend.__dict__["_throttle_redis_client"] = backend._cache.get_client(write=True)
+    return client
