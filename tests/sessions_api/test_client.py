@@ -1365,6 +1365,21 @@ def test_a_thread_reuses_its_connection(keepalive_server, make_client):
     assert len(set(client_ports)) == 1  # one TCP connection served all three calls
 
 
+def test_threads_share_the_kept_alive_connections(keepalive_server, make_client):
+    url, client_ports = keepalive_server
+    client = make_client(url)
+
+    for name in ("a", "b", "c"):  # one after another, each from a thread of its own
+        thread = threading.Thread(
+            target=client.create_session, kwargs={"workflow_id": "wf_abc", "user": name}
+        )
+        thread.start()
+        thread.join()
+
+    assert len(client_ports) == 3
+    assert len(set(client_ports)) == 1  # the pool is the process's, not each thread's
+
+
 def test_close_closes_sessions_and_the_client_still_works(keepalive_server, make_client):
     url, _ = keepalive_server
     client = make_client(url)
@@ -1567,6 +1582,31 @@ def tls_upstream(tmp_path):
     yield f"https://127.0.0.1:{server.port}/v1", ca_file
     server.clear()
     server.stop()
+
+
+def test_new_tls_connections_reuse_one_context_holding_the_bundle(
+    tls_upstream, make_client, monkeypatch
+):
+    # requests would name the bundle on each new connection, and urllib3 load it again (about
+    # 30 ms of CPU for certifi's): every connection must get the one context, and no bundle.
+    base_url, ca_file = tls_upstream
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+    wraps = []
+    wrap = urllib3.connection.ssl_wrap_socket
+
+    def recording(*args, **kwargs):
+        wraps.append((kwargs.get("ca_certs"), kwargs.get("ssl_context")))
+        return wrap(*args, **kwargs)
+
+    monkeypatch.setattr(urllib3.connection, "ssl_wrap_socket", recording)
+    client = make_client(base_url)
+    for _ in range(3):
+        client.create_session(workflow_id="wf_abc", user="u")
+        client._adapter.poolmanager.clear()  # the next call opens a new connection
+
+    assert len(wraps) == 3
+    assert {ca for ca, _ in wraps} == {None}
+    assert {id(context) for _, context in wraps} == {id(client._adapter._ssl_context)}
 
 
 def test_a_ca_bundle_from_the_environment_is_trusted(tls_upstream, make_client, monkeypatch):
