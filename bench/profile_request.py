@@ -42,6 +42,7 @@ BUCKETS = (
     ("throttle (Redis)", "sessions_api/drf.py", ""),
     ("upstream call (requests)", "sessions_api/client.py", ""),
     ("audit write (database)", "audit/services.py", "session_attempt_record"),
+    ("audit write (database)", "audit/writer.py", ""),  # the group-commit thread
     ("caller identity, cookie", "sessions_api/identity.py", ""),
     ("input and output serializers", "rest_framework/serializers.py", ""),
     ("response rendering", "rest_framework/renderers.py", ""),
@@ -84,6 +85,12 @@ def main() -> int:
     parser.add_argument(
         "--connections", type=int, default=1, help="wrk connections (1: no queue, no contention)"
     )
+    parser.add_argument(
+        "--nonblocking",
+        action="store_true",
+        help="sample without pausing the worker: needed with many connections, whose 128 "
+        "paused threads would slow it down, but stacks come out partly truncated",
+    )
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
     options = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL", "")
@@ -115,7 +122,8 @@ def main() -> int:
             worker = _only_child(server.pid)
             raw = scratch / "stacks.txt"
             spy = subprocess.Popen(
-                [py_spy(), "record", "--gil", "--nonblocking", "--format", "raw", "--rate", "250",
+                [py_spy(), "record", "--gil", *(["--nonblocking"] if options.nonblocking else []),
+                 "--format", "raw", "--rate", "250",
                  "--duration", str(options.seconds), "--pid", str(worker), "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
