@@ -39,7 +39,7 @@ class GroupWriter:
         # insert(attempts) writes the rows in one statement on the current thread's connection
         # and returns their ids in order.
         self._insert = insert
-        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue  # made with the thread, in _start
         self._lock = threading.Lock()
         self._pid: int | None = None
 
@@ -93,6 +93,9 @@ class GroupWriter:
     def _flush(self, batch: list[_Pending]) -> None:
         try:
             ids = self._insert_retrying([pending.attempt for pending in batch])
+            # Every failure, this one included, goes to the waiting requests: this thread
+            # must outlive them all.
+            assigned = list(zip(batch, ids, strict=True))
         except Exception as exc:  # noqa: BLE001 - handed to the waiting request, never lost
             if len(batch) > 1:
                 # One bad row must not fail the others: write them one by one.
@@ -102,7 +105,7 @@ class GroupWriter:
             batch[0].error = exc
             batch[0].done.set()
             return
-        for pending, attempt_id in zip(batch, ids, strict=True):
+        for pending, attempt_id in assigned:
             pending.attempt.pk = attempt_id
             pending.done.set()
 

@@ -5,6 +5,7 @@ a fork. tests/audit/test_writer.py runs it against PostgreSQL.
 
 import threading
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 from django.db import IntegrityError, InterfaceError, OperationalError
@@ -27,6 +28,7 @@ class Statements:
         self.release.set()
         self.holding = 0
         self.failures: list[Exception] = []  # raised by the next statements, in order
+        self.ids_short = 0  # return this many ids fewer than rows (a broken statement)
         self.next_id = 100
 
     def __call__(self, rows: list[Row]) -> list[int]:
@@ -37,7 +39,7 @@ class Statements:
             raise self.failures.pop(0)
         if any(row.name.startswith("bad") for row in rows):
             raise IntegrityError("new row violates check constraint")
-        ids = list(range(self.next_id, self.next_id + len(rows)))
+        ids = list(range(self.next_id, self.next_id + len(rows) - self.ids_short))
         self.next_id += len(rows)
         return ids
 
@@ -73,21 +75,29 @@ def write_in_threads(group, names: list[str]) -> tuple[list[threading.Thread], d
 
 
 def held_until_queued(group, statements, names: list[str]):
-    """Hold the first statement until every row is in it or queued behind it, then release."""
+    """The first row's statement is held until the other rows are all queued behind it, so the
+    statements are exactly [first] and [the rest]; returns ({name: id}, {name: error})."""
     statements.release.clear()
-    threads, written, failed = write_in_threads(group, names)
-    while statements.holding + group._queue.qsize() < len(names):
+    first, rest = names[0], names[1:]
+    threads, written, failed = write_in_threads(group, [first])
+    while statements.holding < 1:
+        threading.Event().wait(0.005)
+    more, written_later, failed_later = write_in_threads(group, rest)
+    while group._queue.qsize() < len(rest):
         threading.Event().wait(0.005)
     statements.release.set()
-    for thread in threads:
+    for thread in threads + more:
         thread.join(timeout=30)
-    return written, failed
+    return {**written, **written_later}, {**failed, **failed_later}
 
 
 def test_a_row_alone_gets_its_id_when_its_statement_returns(group, statements):
     row = Row("only")
     group.write(row)
     assert (row.pk, statements.batches) == (100, [["only"]])
+    # The writer is a daemon thread of its own: it never holds up a worker's exit.
+    [thread] = [t for t in threading.enumerate() if t.name == "audit-writer"]
+    assert thread.daemon
 
 
 def test_rows_queued_behind_a_statement_go_into_the_next_one(group, statements):
@@ -97,12 +107,12 @@ def test_rows_queued_behind_a_statement_go_into_the_next_one(group, statements):
 
     assert not failed
     first, second = statements.batches
-    assert sorted(first + second) == sorted(names)
+    assert first == ["r0"] and sorted(second) == sorted(names[1:])
     # Each row has the id of its own position in its statement.
     assert {name: written[name] for name in second} == {
-        name: 100 + len(first) + i for i, name in enumerate(second)
+        name: 101 + i for i, name in enumerate(second)
     }
-    assert len(set(written.values())) == 30
+    assert written["r0"] == 100
 
 
 def test_a_statement_holds_at_most_max_batch_rows(group, statements, monkeypatch):
@@ -114,16 +124,33 @@ def test_a_statement_holds_at_most_max_batch_rows(group, statements, monkeypatch
     assert max(len(batch) for batch in statements.batches) == 4
 
 
-def test_a_bad_row_fails_alone_and_the_others_are_written(group, statements):
-    written, failed = held_until_queued(group, statements, ["a", "b", "bad", "c"])
+@pytest.mark.parametrize("others", [["b"], ["b", "c"]], ids=["two-rows", "three-rows"])
+def test_a_bad_row_fails_alone_and_the_others_are_written(group, statements, others):
+    written, failed = held_until_queued(group, statements, ["a", "bad", *others])
 
     assert list(failed) == ["bad"] and isinstance(failed["bad"], IntegrityError)
-    assert sorted(written) == ["a", "b", "c"]
-    assert ["bad"] in statements.batches  # retried alone
+    assert sorted(written) == ["a", *others]
+    # The statement of all of them failed, then each was written alone.
+    assert statements.batches[2:] == [["bad"]] + [[name] for name in others]
+
+
+def test_ids_that_do_not_match_the_rows_fail_the_rows_not_the_writer(group, statements):
+    statements.ids_short = 1
+
+    with pytest.raises(ValueError, match="zip"):
+        group.write(Row("x"))
+    statements.ids_short = 0
+    row = Row("y")
+    group.write(row)
+    assert row.pk is not None  # the thread lived on
 
 
 @pytest.mark.parametrize("lost", [OperationalError, InterfaceError])
-def test_a_lost_connection_is_retried_once_on_a_new_one(group, statements, lost):
+def test_a_lost_connection_is_retried_once_on_a_new_one(
+    group, statements, lost, monkeypatch, caplog
+):
+    closed = []
+    monkeypatch.setattr(writer, "connection", SimpleNamespace(close=lambda: closed.append(1)))
     statements.failures = [lost("server closed the connection unexpectedly")]
     row = Row("after-restart")
 
@@ -131,6 +158,10 @@ def test_a_lost_connection_is_retried_once_on_a_new_one(group, statements, lost)
 
     assert row.pk == 100
     assert statements.batches == [["after-restart"], ["after-restart"]]
+    assert len(closed) == 1  # the broken connection was dropped before the retry
+    assert [r.getMessage() for r in caplog.records if r.name == "audit.writer"] == [
+        "Audit writer reconnecting after: server closed the connection unexpectedly"
+    ]
 
 
 def test_a_connection_lost_twice_fails_the_row(group, statements):

@@ -295,7 +295,10 @@ def test_a_bug_after_the_mint_cancels_the_session_and_leaves_a_row(
         "internal_error",
     )
     assert minted_sessions(upstream) == ["cancelled"]
-    assert "was minted but not recorded; cancelling it upstream" in caplog.text
+    [session_id] = upstream.state.sessions
+    assert f"Session {session_id} was minted but not recorded; cancelling it upstream." in [
+        r.getMessage() for r in caplog.records if r.levelname == "ERROR"
+    ]
     assert "ek_" not in response.content.decode()
 
 
@@ -323,6 +326,34 @@ def test_a_row_that_cannot_be_written_means_503_and_no_session(
     }
     assert not SessionAttempt.objects.exists()
     assert minted_sessions(upstream) == (["cancelled"] if not faults else [])
+
+
+def test_a_session_that_cannot_be_cancelled_either_is_logged(
+    api_client, upstream, monkeypatch, caplog
+):
+    # Minted, the row fails, and the cancel fails too (the upstream no longer knows the
+    # session): still a 503, and the operator is told which session to see to by hand.
+    minted = []
+
+    def refuse(attempt):
+        minted.extend(upstream.state.sessions)
+        upstream.state.sessions.clear()
+        raise OperationalError("connection to server lost")
+
+    monkeypatch.setattr(audit_services, "_attempt_insert", refuse)
+
+    response = post(api_client)
+
+    assert response.status_code == 503
+    [session_id] = minted
+    errors_logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors_logged[:2] == [
+        "Could not write the audit row of a success attempt: connection to server lost",
+        f"Session {session_id} was minted but not recorded; cancelling it upstream.",
+    ]
+    assert errors_logged[2].startswith(
+        f"Could not cancel session {session_id} upstream: UpstreamHTTPError status=404"
+    )
 
 
 def test_a_refusal_that_cannot_be_recorded_is_a_503(

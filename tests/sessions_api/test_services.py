@@ -483,3 +483,37 @@ def test_a_request_has_one_row_however_often_it_is_refused():
     with pytest.raises(RuntimeError, match="already has its audit row"):
         request.record("success")
     assert SessionAttempt.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("pooled", [True, False], ids=["pooled", "not-pooled"])
+def test_a_pooled_connection_is_handed_back_before_the_upstream_call(upstream, monkeypatch, pooled):
+    # With PostgreSQL's pool a request's connection goes back while it waits on OpenAI (the
+    # real pool is exercised in tests/test_gunicorn.py); without a pool, closing would only
+    # mean connecting again.
+    from django.db import connection
+
+    closed = []
+    monkeypatch.setattr(connection, "pool", object() if pooled else None, raising=False)
+    monkeypatch.setattr(connection, "close", lambda: closed.append(upstream.state.received()))
+
+    create()
+
+    # Handed back before the call: the upstream had received nothing yet.
+    assert closed == ([[]] if pooled else [])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_inside_a_transaction_is_kept(monkeypatch):
+    from django.db import connection, transaction
+
+    from sessions_api import services
+
+    closed = []
+    monkeypatch.setattr(connection, "pool", object(), raising=False)
+    monkeypatch.setattr(connection, "close", lambda: closed.append(True))
+    with transaction.atomic():
+        services._database_connection_release()  # closing would lose the transaction's work
+    services._database_connection_release()
+
+    assert closed == [True]

@@ -141,3 +141,23 @@ def test_other_methods_are_not_counted(upstream, settings, address):
     client = APIClient(REMOTE_ADDR=address)
     assert [client.get(URL).status_code for _ in range(3)] == [405, 405, 405]
     assert client.post(URL).status_code == 200
+
+
+def test_the_redis_client_is_made_once_per_cache_backend(monkeypatch):
+    # Django's get_client() builds a new redis-py client on every call, which cost more CPU
+    # than the round trip itself; the throttle asks once per backend (one per thread).
+    from django.core.cache import caches
+
+    from sessions_api.drf import rate_count
+
+    backend = caches["default"]
+    backend.__dict__.pop("_throttle_redis_client", None)  # made by an earlier test, maybe
+    asked = []
+    real = backend._cache.get_client
+    monkeypatch.setattr(
+        backend._cache, "get_client", lambda *args, **kwargs: asked.append(kwargs) or real()
+    )
+    prefix = f"throttle-client-{secrets.token_hex(4)}"
+
+    assert [rate_count(f"{prefix}-{i}", 60)[0] for i in (1, 2, 1)] == [1, 1, 2]
+    assert asked == [{"write": True}]
