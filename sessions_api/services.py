@@ -220,9 +220,9 @@ _OUTCOMES = {
 
 def upstream_failure(exc: client.UpstreamError) -> tuple[str, errors.ApplicationError]:
     """The audit outcome and the API error for a failed upstream call."""
-    outcome = _OUTCOMES.get(type(exc), Outcome.UPSTREAM_ERROR)
+    outcome = _OUTCOMES[type(exc)]
     error_class = upstream_error_class(outcome=outcome, status_code=exc.status_code)
-    detail = (exc.error_message or "") if settings.DEBUG else ""
+    detail = exc.error_message if settings.DEBUG else ""
     if error_class is errors.UpstreamRateLimited:
         wait = math.ceil(exc.retry_after) if exc.retry_after else 5
         return outcome, error_class(retry_after=wait, debug_detail=detail)

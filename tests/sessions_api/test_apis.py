@@ -304,10 +304,15 @@ def test_a_bug_after_the_mint_cancels_the_session_and_leaves_a_row(
 
 @pytest.fixture
 def database_refusing_audit_rows(monkeypatch):
+    """The audit writes that were tried; each fails as a lost connection would."""
+    tried = []
+
     def refuse(attempt):
+        tried.append(attempt.outcome)
         raise OperationalError("connection to server lost")
 
     monkeypatch.setattr(audit_services, "_attempt_insert", refuse)
+    return tried
 
 
 @pytest.mark.parametrize("faults", [[], [{"status": 401}]], ids=["minted", "upstream-401"])
@@ -326,6 +331,8 @@ def test_a_row_that_cannot_be_written_means_503_and_no_session(
     }
     assert not SessionAttempt.objects.exists()
     assert minted_sessions(upstream) == (["cancelled"] if not faults else [])
+    # Tried once: a write that failed in the database is not tried again as a refusal.
+    assert database_refusing_audit_rows == ["upstream_error" if faults else "success"]
 
 
 def test_a_session_that_cannot_be_cancelled_either_is_logged(
