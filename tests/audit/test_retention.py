@@ -176,6 +176,27 @@ def test_refuses_nonsense_naming_the_argument(arguments, message):
     assert SessionAttempt.objects.count() == 1
 
 
+def test_refuses_a_cutoff_before_the_year_one():
+    with pytest.raises(
+        ValueError, match="^older_than_days 1000000000 reaches back before the year 1$"
+    ):
+        audit_prune(older_than_days=10**9, now=NOW)
+
+
+def test_a_run_logs_what_it_deleted_and_what_it_kept(caplog, monkeypatch):
+    monkeypatch.setattr(retention, "attempt_stats_aggregate", lambda: 0)
+    record(OLD - timedelta(minutes=5))
+    record(OLD)
+    PendingMinute.objects.exclude(minute=OLD).delete()  # OLD's minute still awaits its fold
+
+    audit_prune(older_than_days=30, now=NOW)
+
+    assert [r.getMessage() for r in caplog.records if r.name == "audit.retention"] == [
+        f"Pruned 1 audit rows created before {(NOW - timedelta(days=30)).isoformat()} in 1 "
+        "batches (1 kept: awaiting aggregation)."
+    ]
+
+
 def test_command_reports_what_it_removed(settings):
     settings.AUDIT_RETENTION_DAYS = 30
     long_ago = timezone.now() - timedelta(days=31)
