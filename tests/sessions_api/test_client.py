@@ -1609,13 +1609,28 @@ def test_new_tls_connections_reuse_one_context_holding_the_bundle(
     assert {id(context) for _, context in wraps} == {id(client._adapter._ssl_context)}
 
 
-def test_a_ca_bundle_from_the_environment_is_trusted(tls_upstream, make_client, monkeypatch):
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_ca_bundle_from_the_environment_is_trusted(
+    tls_upstream, make_client, monkeypatch, variable
+):
     base_url, ca_file = tls_upstream
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, str(ca_file))
     client = make_client(base_url)
     assert client.create_session(workflow_id="wf_abc", user="u").session_id == "cksess_123"
 
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    monkeypatch.delenv(variable)
     with pytest.raises(UpstreamNetworkError, match="SSLError"):
         make_client(base_url).create_session(workflow_id="wf_abc", user="u")
+
+
+def test_without_a_bundle_in_the_environment_certifis_is_trusted(make_client, monkeypatch):
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    client = make_client("https://api.openai.com/v1")  # never called: only its context is read
+
+    client._session()
+    loaded = client._adapter._ssl_context.cert_store_stats()["x509_ca"]
+    reference = ssl.create_default_context(cafile=requests.certs.where())
+    assert loaded == reference.cert_store_stats()["x509_ca"] > 100
