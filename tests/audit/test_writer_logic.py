@@ -3,6 +3,7 @@ a recording function: batching, a bad row failing alone, one reconnect, the wait
 a fork. tests/audit/test_writer.py runs it against PostgreSQL.
 """
 
+import logging
 import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -149,6 +150,7 @@ def test_ids_that_do_not_match_the_rows_fail_the_rows_not_the_writer(group, stat
 def test_a_lost_connection_is_retried_once_on_a_new_one(
     group, statements, lost, monkeypatch, caplog
 ):
+    caplog.set_level(logging.WARNING, logger="audit.writer")  # whatever the root logger says
     closed = []
     monkeypatch.setattr(writer, "connection", SimpleNamespace(close=lambda: closed.append(1)))
     statements.failures = [lost("server closed the connection unexpectedly")]

@@ -7,6 +7,7 @@ needed that the emulator does not give), as everywhere else in the suite.
 import json
 import warnings
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import AnonymousUser
@@ -485,35 +486,29 @@ def test_a_request_has_one_row_however_often_it_is_refused():
     assert SessionAttempt.objects.count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("pooled", [True, False], ids=["pooled", "not-pooled"])
-def test_a_pooled_connection_is_handed_back_before_the_upstream_call(upstream, monkeypatch, pooled):
+@pytest.mark.parametrize(
+    ("pool", "in_atomic_block", "handed_back"),
+    [(object(), False, True), (object(), True, False), (None, False, False)],
+    ids=["pooled", "inside-a-transaction", "not-pooled"],
+)
+def test_a_pooled_connection_is_handed_back_before_the_upstream_call(
+    upstream, monkeypatch, pool, in_atomic_block, handed_back
+):
     # With PostgreSQL's pool a request's connection goes back while it waits on OpenAI (the
-    # real pool is exercised in tests/test_gunicorn.py); without a pool, closing would only
-    # mean connecting again.
-    from django.db import connection
+    # real pool is exercised in tests/test_gunicorn.py); never inside a transaction, whose work
+    # it would lose, and not without a pool, where closing would mean connecting again. The
+    # connection the service sees is a stand-in; the audit write uses the real one.
+    from sessions_api import services
 
     closed = []
-    monkeypatch.setattr(connection, "pool", object() if pooled else None, raising=False)
-    monkeypatch.setattr(connection, "close", lambda: closed.append(upstream.state.received()))
+    stand_in = SimpleNamespace(
+        pool=pool,
+        in_atomic_block=in_atomic_block,
+        close=lambda: closed.append(upstream.state.received()),
+    )
+    monkeypatch.setattr(services, "connection", stand_in)
 
     create()
 
     # Handed back before the call: the upstream had received nothing yet.
-    assert closed == ([[]] if pooled else [])
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_connection_inside_a_transaction_is_kept(monkeypatch):
-    from django.db import connection, transaction
-
-    from sessions_api import services
-
-    closed = []
-    monkeypatch.setattr(connection, "pool", object(), raising=False)
-    monkeypatch.setattr(connection, "close", lambda: closed.append(True))
-    with transaction.atomic():
-        services._database_connection_release()  # closing would lose the transaction's work
-    services._database_connection_release()
-
-    assert closed == [True]
+    assert closed == ([[]] if handed_back else [])
