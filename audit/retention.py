@@ -39,8 +39,8 @@ def audit_prune(
     Pending minutes are folded first. If some minute older than the cutoff is still pending
     after that (a row arrived meanwhile), rows from that minute on are kept for the next run:
     the minute will be recomputed from the audit table, and recomputing it after deleting part
-    of it would silently shrink the statistics. Each batch takes the aggregation lock, so no aggregation run
-    interleaves with it.
+    of it would silently shrink the statistics. Each batch takes the aggregation lock, so no
+    aggregation run interleaves with it.
 
     A dry run counts every due row (a real run aggregates before deleting) and writes nothing.
     """
