@@ -11,9 +11,10 @@
 #   cover that with some headroom; at a slow 1 s upstream they still serve 128 sessions/s per
 #   worker instead of queueing.
 # - Threads are cheap while they wait on a socket (no CPU, a small stack); the measured RSS per
-#   worker under load is in docs/benchmarks.md. The upstream client keeps one keep-alive
-#   connection per thread; database connections come from a pool per process (DB_POOL_MAX_SIZE,
-#   16 by default, broker/settings.py), because a request holds one only for its audit write.
+#   worker under load is in docs/benchmarks.md. The upstream client's kept-alive connections are
+#   a pool per process, up to one per thread (sessions_api/client.py); database connections come
+#   from a pool per process (DB_POOL_MAX_SIZE, 16 by default, broker/settings.py), because a
+#   request holds one only for its audit write.
 import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")

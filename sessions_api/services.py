@@ -32,7 +32,7 @@ class SessionGrant:
 
 @lru_cache(maxsize=1)
 def chatkit_client() -> client.ChatKitClient:
-    """One client per process: it keeps a pooled HTTP session per thread."""
+    """One client per process: its threads share its pool of kept-alive connections."""
     return client.ChatKitClient(
         client.ClientConfig(
             base_url=settings.OPENAI_BASE_URL,
