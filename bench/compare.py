@@ -35,7 +35,7 @@ a line saying which were in force):
                   bench/aggregate.py's generate_series INSERT (about 90% successes, about 50,000
                   user refs, created_at over the last 7 days growing with the id), then VACUUM
                   ANALYZE; the load time is printed. Only that table is filled: nothing is
-                  aggregated and no backlog rows are written.
+                  aggregated and no minutes are marked pending.
 
 Needs wrk on PATH (Debian: apt-get install -y wrk). Loopback only; bounded in count and time;
 drops and recreates the database `broker_bench_compare`; stops every process it started, also

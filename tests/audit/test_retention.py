@@ -101,7 +101,7 @@ def test_statistics_survive_pruning():
         outcome="upstream_error", status_code=401, user_ref="u1", anonymous=False, started_at=OLD
     )
 
-    result = audit_prune(older_than_days=30, now=NOW)  # folds the backlog first
+    result = audit_prune(older_than_days=30, now=NOW)  # folds the pending minutes first
 
     assert result.deleted == 5 and not SessionAttempt.objects.exists()
     assert set(AttemptMinuteStat.objects.values_list("outcome", "attempts", "users")) == {

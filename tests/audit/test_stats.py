@@ -171,7 +171,7 @@ def test_batches_cover_every_marked_minute():
     assert not PendingMinute.objects.exists()
 
 
-def test_an_empty_backlog_folds_nothing():
+def test_nothing_pending_folds_nothing():
     assert attempt_stats_aggregate() == 0
     assert not AttemptMinuteStat.objects.exists()
     window = {"since": T0 - timedelta(days=1), "until": T0 + timedelta(days=1)}
