@@ -159,7 +159,6 @@ def as_application_error(exc: Exception) -> ApplicationError | None:
     if isinstance(exc, DatabaseError):
         # No session is handed out that cannot be recorded, so the database being down or
         # overloaded (a pool that lent every connection) is this error too.
-        logger.error("Database error while serving a session request: %s", exc)
         return AuditUnavailable(request_id=request_id)
     if isinstance(exc, exceptions.APIException):
         error = ApplicationError(str(exc.detail), request_id=request_id)
@@ -193,4 +192,7 @@ def exception_handler(exc: Exception, context: dict) -> Response:
         # An unexpected bug: still a JSON envelope, never a traceback page.
         logger.exception("Unhandled error in %s", context.get("view").__class__.__name__)
         error = ApplicationError(request_id=getattr(exc, "request_id", None))
+    elif isinstance(exc, DatabaseError):
+        # Logged here, where each error is rendered once (the view translates it too).
+        logger.error("Database error while serving a session request: %s", exc)
     return render_error(error)

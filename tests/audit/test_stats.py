@@ -369,6 +369,26 @@ def _in_thread(target, errors: list):
     return threading.Thread(target=run)
 
 
+def _write_held_open(user_ref: str, mark, errors: list) -> tuple[threading.Thread, threading.Event]:
+    """A thread that writes an attempt at T0, marks its minute with mark(), and keeps its
+    transaction open until the returned event is set."""
+    written, commit = threading.Event(), threading.Event()
+
+    def write():
+        with transaction.atomic():
+            SessionAttempt.objects.create(
+                created_at=T0, outcome="success", status_code=200, user_ref=user_ref, workflow_id=WF
+            )
+            mark()
+            written.set()
+            commit.wait(timeout=30)
+
+    thread = _in_thread(write, errors)
+    thread.start()
+    assert written.wait(timeout=30)
+    return thread, commit
+
+
 @pytest.mark.django_db(transaction=True)
 def test_overlapping_runs_while_rows_are_written():
     # Real interleaving on PostgreSQL; on SQLite the same load shows that BEGIN IMMEDIATE
@@ -405,22 +425,13 @@ def test_overlapping_runs_while_rows_are_written():
 def test_a_transaction_committing_after_a_run_is_counted_by_the_next():
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL: SQLite cannot hold two write transactions open")
-    inserted, commit = threading.Event(), threading.Event()
     errors: list[Exception] = []
-
-    def slow_writer():
-        # A new mark, not yet committed: invisible to the run below, so nothing waits for it.
-        with transaction.atomic():
-            SessionAttempt.objects.create(
-                created_at=T0, outcome="success", status_code=200, user_ref="slow", workflow_id=WF
-            )
-            PendingMinute.objects.create(minute=T0, slot=services.PENDING_SLOTS)
-            inserted.set()
-            commit.wait(timeout=30)
-
-    thread = _in_thread(slow_writer, errors)
-    thread.start()
-    assert inserted.wait(timeout=30)
+    # A new mark, not yet committed: invisible to the run below, so nothing waits for it.
+    thread, commit = _write_held_open(
+        "slow",
+        lambda: PendingMinute.objects.create(minute=T0, slot=services.PENDING_SLOTS),
+        errors,
+    )
     fast = record(T0 + timedelta(seconds=30), user_ref="fast")  # a later id, committed first
     assert attempt_stats_aggregate() == 1
     assert table() == {(T0, WF, "success", 200, "", 1, 1)}
@@ -442,21 +453,12 @@ def test_a_run_waits_for_a_writer_that_bumped_a_mark_it_claims():
         pytest.skip("needs PostgreSQL: SQLite cannot hold two write transactions open")
     record(T0, user_ref="first")  # marks T0, committed
     slot = PendingMinute.objects.get(minute=T0).slot
-    bumped, commit = threading.Event(), threading.Event()
     errors: list[Exception] = []
-
-    def writer():
-        with transaction.atomic():
-            SessionAttempt.objects.create(
-                created_at=T0, outcome="success", status_code=200, user_ref="late", workflow_id=WF
-            )
-            PendingMinute.objects.filter(minute=T0, slot=slot).update(writes=F("writes") + 1)
-            bumped.set()
-            commit.wait(timeout=30)
-
-    write = _in_thread(writer, errors)
-    write.start()
-    assert bumped.wait(timeout=30)
+    write, commit = _write_held_open(
+        "late",
+        lambda: PendingMinute.objects.filter(minute=T0, slot=slot).update(writes=F("writes") + 1),
+        errors,
+    )
     run = _in_thread(attempt_stats_aggregate, errors)
     run.start()
     run.join(timeout=0.5)
