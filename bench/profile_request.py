@@ -10,8 +10,8 @@ the samples are put into buckets by the first frame of ours they pass through.
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
         .venv/bin/python bench/profile_request.py [--seconds 20] [--throttled] [--raw out.txt]
 
-Needs wrk and py-spy (pip install py-spy) on PATH or in the venv; py-spy needs ptrace rights
-(root, or kernel.yama.ptrace_scope=0).
+Needs wrk on PATH (Debian: apt-get install -y wrk) and py-spy (in requirements/dev.txt), which
+needs ptrace rights (root, or kernel.yama.ptrace_scope=0).
 """
 
 import argparse
