@@ -1,14 +1,15 @@
 """Where one request's CPU goes: py-spy on the broker, one request at a time (issue 7).
 
 Starts the emulator (0 ms) and the broker exactly as bench/compare.py runs it ("ours": its own
-gunicorn.conf.py, PostgreSQL, Redis, throttles off unless --throttled), but with one worker so
-py-spy follows one process. wrk drives one connection (--connections to change it), so there is
-never a queue; py-spy samples
-the worker with --gil (only a thread holding the GIL counts: Python's CPU, not its waiting), and
-the samples are put into buckets by the first frame of ours they pass through.
+gunicorn.conf.py, PostgreSQL, Redis, throttles off unless --throttled; --naive for the guide's
+view), ours with one worker. wrk drives one connection (--connections to change it), so there
+is never a queue; py-spy samples the server's processes with --gil (only a thread holding the
+GIL counts: Python's CPU, not its waiting), and the samples are put into buckets by the first
+frame of ours they pass through.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
-        .venv/bin/python bench/profile_request.py [--seconds 20] [--throttled] [--raw out.txt]
+        .venv/bin/python bench/profile_request.py [--seconds 20] [--throttled | --naive] \\
+            [--raw out.txt]
 
 Needs wrk on PATH (Debian: apt-get install -y wrk) and py-spy (in requirements/dev.txt), which
 needs ptrace rights (root, or kernel.yama.ptrace_scope=0).
@@ -83,6 +84,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--throttled", action="store_true", help="throttle on (refuses nothing)")
     parser.add_argument(
+        "--naive", action="store_true", help="profile the naive view instead (its four workers)"
+    )
+    parser.add_argument(
         "--connections", type=int, default=1, help="wrk connections (1: no queue, no contention)"
     )
     parser.add_argument(
@@ -97,11 +101,12 @@ def main() -> int:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
     if not database_url.startswith("postgres"):
         raise SystemExit("Set DATABASE_URL to the local PostgreSQL server; see the docstring.")
-    variant = "ours-throttled" if options.throttled else "ours"
+    variant = "naive" if options.naive else "ours-throttled" if options.throttled else "ours"
     database = recreate_database(database_url, BENCH_DB)
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as scratch_name:
         scratch = Path(scratch_name)
-        env = server_env(variant, 0, "http://127.0.0.1:0/v1", database, redis_url, scratch)
+        # The broker's settings even for --naive: they migrate the database and run the emulator.
+        env = server_env("ours", 0, "http://127.0.0.1:0/v1", database, redis_url, scratch)
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
                        check=True, timeout=300)  # fmt: skip
         upstream_port, port = free_port(), free_port()
@@ -119,12 +124,12 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}{PATHS[variant]}"
             wait_until_up(url)
             _wrk(url, 3, options.connections)  # warm-up
-            worker = _only_child(server.pid)
             raw = scratch / "stacks.txt"
             spy = subprocess.Popen(
                 [py_spy(), "record", "--gil", *(["--nonblocking"] if options.nonblocking else []),
                  "--format", "raw", "--rate", "250",
-                 "--duration", str(options.seconds), "--pid", str(worker), "--output", str(raw)],
+                 "--duration", str(options.seconds), "--pid", str(server.pid), "--subprocesses",
+                 "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1)
@@ -156,15 +161,6 @@ def _wrk(url: str, seconds: int, connections: int) -> str:
         url,
     ]
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
-
-
-def _only_child(pid: int) -> int:
-    for _ in range(50):
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        if children:
-            return int(children[0])
-        time.sleep(0.1)
-    raise SystemExit("the gunicorn worker did not start")
 
 
 if __name__ == "__main__":
