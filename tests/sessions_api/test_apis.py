@@ -235,6 +235,16 @@ def test_empty_body_is_fine(api_client, upstream):
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize("body", [{}, {"workflow_id": 7}])
+def test_the_answer_is_json_whatever_accept_asks(api_client, upstream, body):
+    response = post(api_client, body, HTTP_ACCEPT="text/html")
+
+    assert response["Content-Type"] == "application/json"
+    assert response.status_code == (200 if body == {} else 400)
+    assert set(response.json()) == ({"client_secret", "expires_at"} if body == {} else {"error"})
+    assert only_attempt().outcome == ("success" if body == {} else "rejected")
+
+
 @pytest.mark.parametrize("method", ["get", "put", "delete", "patch"])
 def test_wrong_method_is_405_json(api_client, upstream, method):
     response = getattr(api_client, method)(URL)
