@@ -39,6 +39,7 @@ class SessionAttemptAdmin(ReadOnlyAdmin):
         "outcome",
         "status_code",
         "api_error_code",
+        "requests",
         "kind",
         "workflow_id",
         "user_ref",

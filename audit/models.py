@@ -5,7 +5,12 @@ from django.utils import timezone
 
 
 class SessionAttempt(models.Model):
-    """One request for a ChatKit client secret, successful or not. Append-only."""
+    """One request for a ChatKit client secret, successful or not.
+
+    Append-only, but for one thing: a caller the throttle refuses again and again gets one row
+    per minute, whose `requests` counts those refusals, so that a flood does not become a flood
+    of rows.
+    """
 
     class Outcome(models.TextChoices):
         SUCCESS = "success", "Success"
@@ -118,6 +123,26 @@ class SessionAttempt(models.Model):
         blank=True,
         help_text="Caller's address; recorded only when CHATKIT_AUDIT_CLIENT_IP is on.",
     )
+    # Not a PositiveIntegerField: adding its CHECK to a table of millions of rows would scan it
+    # under a lock that stops every audit write. The database default lets processes of the
+    # previous release, which do not know the column, keep writing during a deploy (so does
+    # refusal_key's).
+    requests = models.IntegerField(
+        "requests",
+        default=1,
+        db_default=1,
+        help_text="Requests this row stands for: 1, or the throttled refusals of one caller "
+        "in one minute.",
+    )
+    refusal_key = models.CharField(
+        "refusal key",
+        max_length=32,
+        blank=True,
+        default="",
+        db_default="",
+        editable=False,
+        help_text="Which caller and minute a row of throttled refusals counts (a keyed hash).",
+    )
 
     class Meta:
         verbose_name = "session attempt"
@@ -131,6 +156,14 @@ class SessionAttempt(models.Model):
                 fields=["api_error_code", "created_at"], name="audit_attempt_errorcode_idx"
             ),
             models.Index(fields=["user_ref", "created_at"], name="audit_attempt_userref_idx"),
+        ]
+        constraints = [
+            # Partial: the rows of throttled refusals only, so other writes never touch it.
+            models.UniqueConstraint(
+                fields=["refusal_key"],
+                condition=~models.Q(refusal_key=""),
+                name="audit_attempt_refusal_key_uniq",
+            )
         ]
 
     def __str__(self) -> str:

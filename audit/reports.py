@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.core import mail
 from django.db import connection, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
@@ -122,7 +122,7 @@ def _top_messages(since: datetime, until: datetime) -> list[dict]:
         .exclude(outcome=SUCCESS)
         .exclude(error_message="")
         .values("error_message")
-        .annotate(count=Count("id"))
+        .annotate(count=Sum("requests"))
         .order_by("-count", "error_message")[:TOP_MESSAGES]
     )
     return [{"message": row["error_message"], "count": row["count"]} for row in rows]

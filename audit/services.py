@@ -19,9 +19,12 @@ _COLUMNS = [field for field in SessionAttempt._meta.concrete_fields if not field
 # one transaction of its own (autocommit): no BEGIN, no COMMIT, no savepoint. The mark is an
 # upsert that bumps `writes`, never DO NOTHING: audit/models.py PendingMinute says why. Ids come
 # from the sequence in VALUES order, so ORDER BY id lists them in the order the rows were given.
+# A throttled refusal whose caller already has a row this minute counts itself in that row
+# instead (and marks that row's minute).
 _INSERT_POSTGRESQL = """
     WITH attempt AS (
-        INSERT INTO audit_sessionattempt ({columns}) VALUES {rows} RETURNING id, created_at
+        INSERT INTO audit_sessionattempt ({columns}) VALUES {rows} {conflict}
+        RETURNING id, created_at
     ), pending AS (
         INSERT INTO audit_pendingminute (minute, slot, writes)
         SELECT date_trunc('minute', created_at, 'UTC'), pg_backend_pid() %% {slots}, COUNT(*)
@@ -33,25 +36,35 @@ _INSERT_POSTGRESQL = """
 """
 
 
+_COUNT_REFUSAL = """
+    ON CONFLICT (refusal_key) WHERE NOT (refusal_key = '')
+    DO UPDATE SET requests = audit_sessionattempt.requests + 1
+"""
+
+
 @functools.cache
-def _insert_sql_postgresql(rows: int) -> str:
+def _insert_sql_postgresql(rows: int, *, refusal: bool = False) -> str:
     values = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
     return _INSERT_POSTGRESQL.format(
         columns=", ".join(connection.ops.quote_name(field.column) for field in _COLUMNS),
         rows=", ".join([values] * rows),
+        conflict=_COUNT_REFUSAL if refusal else "",
         slots=PENDING_SLOTS,
     )
 
 
-def attempts_insert(attempts: list[SessionAttempt]) -> list[int]:
-    """Insert rows (and mark their minutes) in one statement on PostgreSQL; their ids, in order."""
+def attempts_insert(attempts: list[SessionAttempt], *, refusal: bool = False) -> list[int]:
+    """Insert rows (and mark their minutes) in one statement on PostgreSQL; their ids, in order.
+
+    With refusal, one row whose refusal_key may already have its row, counted there instead.
+    """
     params = [
         field.get_db_prep_save(getattr(attempt, field.attname), connection)
         for attempt in attempts
         for field in _COLUMNS
     ]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql_postgresql(len(attempts)), params)
+        cursor.execute(_insert_sql_postgresql(len(attempts), refusal=refusal), params)
         return [attempt_id for (attempt_id,) in cursor.fetchall()]
 
 
@@ -80,12 +93,15 @@ def session_attempt_record(
     attempts: int = 0,
     latency_ms: int | None = None,
     client_ip: str | None = None,
+    refusal_key: str = "",
 ) -> SessionAttempt:
     """Write one audit row, committed before this returns, in a transaction of its own.
 
     Refuses to run inside someone else's transaction, whose rollback would silently erase the
     record of a failed attempt. Text longer than its column is cut to fit: the row is the
-    record, and a 151-character username must not cost it.
+    record, and a 151-character username must not cost it. With a refusal_key (a throttled
+    caller in one minute), the row of an earlier refusal with that key counts this one instead,
+    and the attempt returned stands for that row.
     """
     logged_in = user is not None and user.is_authenticated
     attempt = SessionAttempt(
@@ -110,6 +126,7 @@ def session_attempt_record(
         attempts=attempts,
         latency_ms=latency_ms,
         client_ip=client_ip if settings.CHATKIT_AUDIT_CLIENT_IP else None,
+        refusal_key=refusal_key,
     )
     if started_at is not None:
         attempt.created_at = started_at
@@ -136,16 +153,24 @@ def _refuse_outer_transaction() -> None:
 def _attempt_insert(attempt: SessionAttempt) -> None:
     # Not mutated: mutation runs use SQLite; CI runs these tests on PostgreSQL.
     if connection.vendor == "postgresql":  # pragma: no mutate block
-        if settings.AUDIT_GROUP_COMMIT:
+        if attempt.refusal_key:
+            # Alone: two refusals of one caller in one statement would conflict with each other.
+            [attempt.pk] = attempts_insert([attempt], refusal=True)
+        elif settings.AUDIT_GROUP_COMMIT:
             _writer.write(attempt)
         else:
             [attempt.pk] = attempts_insert([attempt])
         return
     # SQLite has no INSERT in WITH; its transaction holds the database's one write lock, so
-    # the two statements cannot interleave with an aggregation run.
-    minute = attempt.created_at.replace(second=0, microsecond=0)
+    # the statements cannot interleave with an aggregation run, nor two refusals of one caller.
     with transaction.atomic():
-        attempt.save(force_insert=True)
+        counted = SessionAttempt.objects.filter(refusal_key=attempt.refusal_key)
+        if attempt.refusal_key and (earlier := counted.values_list("pk", "created_at").first()):
+            attempt.pk, attempt.created_at = earlier
+            counted.update(requests=models.F("requests") + 1)
+        else:
+            attempt.save(force_insert=True)
+        minute = attempt.created_at.replace(second=0, microsecond=0)
         marked = PendingMinute.objects.filter(minute=minute).update(writes=models.F("writes") + 1)
         if not marked:
             PendingMinute.objects.create(minute=minute)

@@ -60,7 +60,7 @@ _RECOMPUTE_POSTGRESQL = """
     INSERT INTO audit_attemptminutestat
         (minute, workflow_id, outcome, status_code, error_code, attempts, users)
     SELECT m.minute, a.workflow_id, a.outcome, COALESCE(a.status_code, 0), a.error_code,
-           COUNT(*), COUNT(DISTINCT NULLIF(a.user_ref, ''))
+           SUM(a.requests), COUNT(DISTINCT NULLIF(a.user_ref, ''))
     FROM unnest(%s::timestamptz[]) AS m(minute)
     JOIN audit_sessionattempt a
       ON a.created_at >= m.minute AND a.created_at < m.minute + interval '1 minute'
@@ -78,7 +78,7 @@ _RECOMPUTE_SQLITE = """
     INSERT INTO audit_attemptminutestat
         (minute, workflow_id, outcome, status_code, error_code, attempts, users)
     SELECT m.value, a.workflow_id, a.outcome, COALESCE(a.status_code, 0), a.error_code,
-           COUNT(*), COUNT(DISTINCT NULLIF(a.user_ref, ''))
+           SUM(a.requests), COUNT(DISTINCT NULLIF(a.user_ref, ''))
     FROM json_each(%s) AS m
     JOIN audit_sessionattempt a
       ON a.created_at >= m.value

@@ -7,7 +7,7 @@ latency), under the same load (Debian's wrk with bench/post.lua):
   naive           bench/naive/: the guide's view as written (a bare requests.post per call, no
                   timeout, no pooling, no audit, no throttle) under gunicorn gthread 4 × 32.
   ours            the broker with its own gunicorn.conf.py on PostgreSQL and Redis, throttles
-                  off (CHATKIT_THROTTLE_ANON= and CHATKIT_THROTTLE_USER=).
+                  off (CHATKIT_THROTTLE_USER=, _ANON=, _ADDRESS=, _ANON_BUDGET=).
   ours-throttled  the same with the throttle on at a rate that refuses nothing
                   (1000000/min); only with --variants.
 
@@ -294,8 +294,10 @@ def server_env(
         "OPENAI_API_KEY": API_KEY,
         "OPENAI_WORKFLOW_ID": "wf_bench",
         "OPENAI_BASE_URL": upstream,
-        "CHATKIT_THROTTLE_ANON": throttle,
         "CHATKIT_THROTTLE_USER": throttle,
+        "CHATKIT_THROTTLE_ANON": throttle,
+        "CHATKIT_THROTTLE_ADDRESS": throttle,  # wrk sends no cookie back: counted per address
+        "CHATKIT_THROTTLE_ANON_BUDGET": "",  # off by default
         "GUNICORN_BIND": f"127.0.0.1:{port}",
     }
 

@@ -188,10 +188,16 @@ CHATKIT_MAX_RETRIES = env.int("CHATKIT_MAX_RETRIES", default=2)
 CHATKIT_MAX_BODY_BYTES = env.int("CHATKIT_MAX_BODY_BYTES", default=16 * 1024)
 # Store the caller's IP address on audit rows (off by default: it is personal data).
 CHATKIT_AUDIT_CLIENT_IP = env.bool("CHATKIT_AUDIT_CLIENT_IP", default=False)
-# Most sessions one logged-in user, or one IP address when logged out, may mint: "30/min",
-# "500/hour"…; empty turns the limit off. Counted in the shared cache (Redis in production).
+# How fast callers may mint sessions, as "30/min", "500/hour"…; empty turns a limit off.
+# Counted in the shared cache (Redis in production). The policy: sessions_api/throttle.py.
+# Per logged-in user:
 CHATKIT_THROTTLE_USER = env.str("CHATKIT_THROTTLE_USER", default="30/min")
-CHATKIT_THROTTLE_ANON = env.str("CHATKIT_THROTTLE_ANON", default="120/min")
+# Per anonymous browser, known by its signed cookie:
+CHATKIT_THROTTLE_ANON = env.str("CHATKIT_THROTTLE_ANON", default="30/min")
+# Per address (IPv4, or IPv6 /64) for callers without that cookie; loose, for offices and NATs:
+CHATKIT_THROTTLE_ADDRESS = env.str("CHATKIT_THROTTLE_ADDRESS", default="600/min")
+# All anonymous callers together; when spent they are refused and an alert fires. Off by default:
+CHATKIT_THROTTLE_ANON_BUDGET = env.str("CHATKIT_THROTTLE_ANON_BUDGET", default="")
 # Cancel a user's live ChatKit sessions upstream when they log out.
 CHATKIT_CANCEL_ON_LOGOUT = env.bool("CHATKIT_CANCEL_ON_LOGOUT", default=True)
 

@@ -22,6 +22,7 @@ CHATKIT_USER_ID_SECRET = "tests-only-user-id-secret"
 # The suite sends many requests from one address; the throttle tests turn the limits on.
 CHATKIT_THROTTLE_USER = ""
 CHATKIT_THROTTLE_ANON = ""
+CHATKIT_THROTTLE_ADDRESS = ""
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -1,6 +1,8 @@
 """HTTP in and out for the session endpoint. The decisions live in services.py."""
 
+import functools
 import ipaddress
+import logging
 
 from django.conf import settings
 from django.contrib.auth import get_user
@@ -13,9 +15,11 @@ from rest_framework.views import APIView
 
 from audit.models import SessionAttempt
 from sessions_api import errors
-from sessions_api.drf import SessionCreateThrottle
-from sessions_api.identity import anon_cookie_set, identity_resolve
+from sessions_api.identity import anon_cookie_set, anon_identity_of, identity_resolve
 from sessions_api.services import SessionRequest, chatkit_session_create
+from sessions_api.throttle import SessionCreateThrottle
+
+logger = logging.getLogger(__name__)
 
 
 class StrictCharField(serializers.CharField):
@@ -28,10 +32,12 @@ class StrictCharField(serializers.CharField):
 
 
 def client_ip_of(request) -> str | None:
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if forwarded and not api_settings.NUM_PROXIES:
+        _warn_forwarded_ignored()
     if not settings.CHATKIT_AUDIT_CLIENT_IP:
         return None
     address = request.META.get("REMOTE_ADDR", "")
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if api_settings.NUM_PROXIES and forwarded:
         hops = [hop.strip() for hop in forwarded.split(",")]
         address = hops[-min(api_settings.NUM_PROXIES, len(hops))]
@@ -39,6 +45,17 @@ def client_ip_of(request) -> str | None:
         return str(ipaddress.ip_address(address))
     except ValueError:
         return None
+
+
+@functools.cache
+def _warn_forwarded_ignored() -> None:
+    # Once per process: behind a proxy that would be every request.
+    logger.warning(
+        "A request came with X-Forwarded-For, but DJANGO_NUM_PROXIES is 0, so the header is "
+        "ignored and every caller behind a proxy shares the proxy's address (and its throttle "
+        "limit). Behind a proxy, set DJANGO_NUM_PROXIES to the number of proxies in front of "
+        "gunicorn; otherwise the header is forged and rightly ignored."
+    )
 
 
 class ChatKitSessionCreateApi(APIView):
@@ -85,6 +102,10 @@ class ChatKitSessionCreateApi(APIView):
                 self.attempt.user = get_user(self.django_request)
             except DatabaseError:  # the refusal is the database itself: record who we can
                 self.attempt.user = AnonymousUser()
+        if self.attempt.identity is None and not self.attempt.user.is_authenticated:
+            # A browser refused early (throttled, say) is still named by its cookie; a caller
+            # without one is given no new id by a refusal.
+            self.attempt.identity = anon_identity_of(self.django_request)
         outcome = SessionAttempt.Outcome.REJECTED
         if error.code == errors.ApplicationError.code:
             outcome = SessionAttempt.Outcome.INTERNAL_ERROR

@@ -64,7 +64,12 @@ def chatkit_settings_check(app_configs=None, **kwargs) -> list:
                 id="sessions_api.E006",
             )
         )
-    for name in ("CHATKIT_THROTTLE_USER", "CHATKIT_THROTTLE_ANON"):
+    for name in (
+        "CHATKIT_THROTTLE_USER",
+        "CHATKIT_THROTTLE_ANON",
+        "CHATKIT_THROTTLE_ADDRESS",
+        "CHATKIT_THROTTLE_ANON_BUDGET",
+    ):
         rate = getattr(settings, name)
         count, _, period = rate.partition("/")
         if rate and not (count.isdigit() and period[:1] in ("s", "m", "h", "d")):

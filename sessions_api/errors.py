@@ -5,7 +5,6 @@ audit row of the attempt (null when nothing was recorded, e.g. a wrong method).
 """
 
 import logging
-import math
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -27,10 +26,14 @@ class ApplicationError(Exception):
         request_id: int | None = None,
         retry_after: int | None = None,
         debug_detail: str = "",
+        refusal_key: str = "",
     ) -> None:
         self.message = message or self.message
         self.request_id = request_id
         self.retry_after = retry_after
+        # Refusals that share this key share one audit row, which counts them (throttled
+        # callers: one row per caller per minute, however fast they retry).
+        self.refusal_key = refusal_key
         # Only shown when DEBUG is on: the upstream's own words, to help a developer.
         self.debug_detail = debug_detail
         super().__init__(self.message)
@@ -74,6 +77,12 @@ class RateLimited(ApplicationError):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     code = "rate_limited"
     message = "Too many chat sessions requested. Try again shortly."
+
+
+class AnonymousBudgetSpent(ApplicationError):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    code = "anonymous_budget_spent"
+    message = "Too many chats for signed-out visitors right now. Sign in, or try again shortly."
 
 
 class NotConfigured(ApplicationError):
@@ -148,8 +157,6 @@ def as_application_error(exc: Exception) -> ApplicationError | None:
         return error
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         return AuthenticationRequired(request_id=request_id)
-    if isinstance(exc, exceptions.Throttled):
-        return RateLimited(request_id=request_id, retry_after=math.ceil(exc.wait or 1))
     if isinstance(exc, CsrfRejected):
         return CsrfFailed(request_id=request_id)
     if isinstance(exc, exceptions.ValidationError):

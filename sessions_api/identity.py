@@ -39,18 +39,23 @@ def user_ref_for_user(user) -> str:
     return f"u_{digest[:32]}"
 
 
-def identity_resolve(request: HttpRequest) -> ChatKitIdentity:
-    """The caller's identity; anonymous callers keep (or are given) a per-browser id."""
-    if request.user.is_authenticated:
-        return ChatKitIdentity(user_ref=user_ref_for_user(request.user), anonymous=False)
+def anon_identity_of(request: HttpRequest) -> ChatKitIdentity | None:
+    """The identity this browser's signed cookie carries, or None without a valid cookie."""
     anon_id = request.get_signed_cookie(
         settings.CHATKIT_ANON_COOKIE_NAME,
         default=None,
         salt=ANON_COOKIE_SALT,
         max_age=settings.CHATKIT_ANON_COOKIE_AGE,
     )
-    if anon_id:
-        return ChatKitIdentity(user_ref=f"anon_{anon_id}", anonymous=True)
+    return ChatKitIdentity(user_ref=f"anon_{anon_id}", anonymous=True) if anon_id else None
+
+
+def identity_resolve(request: HttpRequest) -> ChatKitIdentity:
+    """The caller's identity; anonymous callers keep (or are given) a per-browser id."""
+    if request.user.is_authenticated:
+        return ChatKitIdentity(user_ref=user_ref_for_user(request.user), anonymous=False)
+    if identity := anon_identity_of(request):
+        return identity
     anon_id = secrets.token_hex(16)
     return ChatKitIdentity(user_ref=f"anon_{anon_id}", anonymous=True, new_anon_id=anon_id)
 

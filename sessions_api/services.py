@@ -52,6 +52,12 @@ def _forget_client(*, setting: str, **kwargs) -> None:
         chatkit_client.cache_clear()
 
 
+# What an audit row says for a workflow the request named but may not use, in place of the
+# caller's own text: junk input must not make new statistics rows, alert keys or report lines.
+# The text itself, cleaned, goes into the row's message.
+REFUSED_WORKFLOW = "(refused)"
+
+
 def allowed_workflows() -> set[str]:
     return {wf for wf in [settings.OPENAI_WORKFLOW_ID, *settings.CHATKIT_ALLOWED_WORKFLOWS] if wf}
 
@@ -80,6 +86,11 @@ class SessionRequest:
             raise RuntimeError("This request already has its audit row.")
         logged_in = self.user is not None and self.user.is_authenticated
         identity = self.identity
+        workflow_id = self.workflow_id
+        if workflow_id and workflow_id not in allowed_workflows():
+            message = fields.pop("error_message", "")
+            fields["error_message"] = f"{message} (workflow_id: {workflow_id})".lstrip()
+            workflow_id = REFUSED_WORKFLOW
         try:
             attempt = session_attempt_record(
                 outcome=outcome,
@@ -87,7 +98,7 @@ class SessionRequest:
                 user=self.user,
                 user_ref=identity.user_ref if identity else _user_ref_or_blank(self.user),
                 anonymous=identity.anonymous if identity else not logged_in,
-                workflow_id=self.workflow_id,
+                workflow_id=workflow_id,
                 started_at=self.started_at,
                 client_ip=self.client_ip,
                 **fields,
@@ -104,7 +115,12 @@ class SessionRequest:
     ) -> errors.ApplicationError:
         """Record this request as refused with `error`, unless it has its row; return the error."""
         if not self.recorded:
-            self.record(outcome, api_error_code=error.code, error_message=message or error.message)
+            self.record(
+                outcome,
+                api_error_code=error.code,
+                error_message=message or error.message,
+                refusal_key=error.refusal_key,
+            )
         error.request_id = self.attempt_id
         return error
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min
+from django.db.models import Max, Min, Sum
 from django.utils import timezone
 
 from audit.alerting.notify import notifications_create
@@ -149,13 +149,13 @@ def _counted(
     keys = ["workflow_id", "status_code"] if rule.per_status else ["workflow_id"]
     rows = (
         matching.values(*keys)
-        .annotate(n=Count("id"), first=Min("created_at"), last=Max("created_at"))
+        .annotate(n=Sum("requests"), first=Min("created_at"), last=Max("created_at"))
         .order_by()
     )
     totals = {}
     if rule.min_ratio:
         totals = dict(
-            window.values("workflow_id").annotate(n=Count("id")).values_list("workflow_id", "n")
+            window.values("workflow_id").annotate(n=Sum("requests")).values_list("workflow_id", "n")
         )
     return [
         Match(row["workflow_id"], row.get("status_code"), row["first"], row["last"])
@@ -195,7 +195,7 @@ def _alert_update(
     # Never empty: the match that brought us here is among these attempts.
     latest = list(matching.order_by("-created_at", "-id")[:SAMPLE_SIZE])
     alert.last_seen = match.last_seen
-    alert.count = matching.count()
+    alert.count = matching.aggregate(n=Sum("requests"))["n"]
     alert.sample_attempt_ids = [attempt.id for attempt in latest]
     alert.sample_message = latest[0].error_message
     alert.error_code = latest[0].error_code

@@ -65,6 +65,16 @@ DEFAULT_RULES = (
         error_codes=("upstream_unavailable", "upstream_timeout"),
         per_status=False,
     ),
+    # Signed-out visitors are being refused: CHATKIT_THROTTLE_ANON_BUDGET is spent, by a crowd
+    # or by a script (sessions_api/throttle.py).
+    AlertRule(
+        name="anonymous_budget",
+        title="Anonymous session budget spent: signed-out visitors are refused",
+        severity=Alert.Severity.WARNING,
+        threshold=1,
+        error_codes=("anonymous_budget_spent",),
+        per_status=False,
+    ),
 )
 
 

@@ -785,7 +785,7 @@ def test_disabling_a_silenced_rule_closes_its_incidents_quietly(settings):
 
 def test_fingerprints_are_stable_across_versions():
     """Receivers group notifications by fingerprint: changing the recipe regroups them."""
-    auth, _, _, unavailable = DEFAULT_RULES
+    auth, _, _, unavailable, _ = DEFAULT_RULES
     assert fingerprint(auth, "wf_1", 401) == sha256(b"upstream_auth|wf_1|401").hexdigest()[:32]
     assert (
         fingerprint(unavailable, "wf_1", None)

@@ -156,7 +156,33 @@ def test_a_rejection_with_an_identity_records_that_identity(user):
     attempt = refuse(error, user=AnonymousUser(), identity=ANON, workflow_id="wf_x", refresh=True)
 
     assert (attempt.user_ref, attempt.anonymous, attempt.kind) == (ANON.user_ref, True, "refresh")
-    assert attempt.workflow_id == "wf_x"
+    assert (attempt.workflow_id, attempt.error_message) == (
+        "(refused)",
+        "This workflow is not available here. (workflow_id: wf_x)",
+    )
+
+
+@pytest.mark.parametrize("workflow_id", [WORKFLOW_ID, ""])
+def test_a_rejection_keeps_a_workflow_we_serve_and_its_message_as_it_is(upstream, workflow_id):
+    attempt = refuse(errors.InvalidRequest(), user=AnonymousUser(), workflow_id=workflow_id)
+
+    assert (attempt.workflow_id, attempt.error_message) == (
+        workflow_id,
+        errors.InvalidRequest.message,
+    )
+
+
+def test_a_refusal_key_counts_refusals_on_one_row(upstream):
+    keyed = [SessionRequest(user=AnonymousUser()) for _ in range(3)]
+    for request in keyed:
+        request.refuse(errors.RateLimited(retry_after=60, refusal_key="k" * 32))
+    other = SessionRequest(user=AnonymousUser())
+    other.refuse(errors.RateLimited(retry_after=60, refusal_key="m" * 32))
+
+    counted, alone = SessionAttempt.objects.order_by("id")
+    assert [request.attempt_id for request in keyed] == [counted.id] * 3
+    assert (counted.requests, counted.refusal_key) == (3, "k" * 32)
+    assert (alone.requests, other.attempt_id) == (1, alone.id)
 
 
 def test_a_rejection_records_the_identity_the_request_was_made_as(user):
@@ -197,7 +223,7 @@ def test_a_workflow_not_allowed_is_refused_and_recorded_without_an_upstream_call
         "workflow_not_allowed",
     )
     assert (attempt.workflow_id, attempt.user_ref, attempt.anonymous, attempt.client_ip) == (
-        "wf_somebody_elses",
+        "(refused)",
         ANON.user_ref,
         True,
         CLIENT_IP,
