@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 # Rows in one statement at most; a burst larger than this is written in several.
 MAX_BATCH = 256
 # A request gives up waiting after this long, and is answered 503 (its minted session is
-# cancelled): a database that does not answer must not hold requests for ever.
-WAIT_SECONDS = 10.0
+# cancelled): a database that does not answer must not hold requests for ever. As long as the
+# pool's wait for a connection (DB_POOL_TIMEOUT), so a database that is down costs 5 s.
+WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -96,6 +97,12 @@ class GroupWriter:
             # Every failure, this one included, goes to the waiting requests: this thread
             # must outlive them all.
             assigned = list(zip(batch, ids, strict=True))
+        except (OperationalError, InterfaceError) as exc:
+            # The database, not a row: written one by one, each would wait as long again.
+            for pending in batch:
+                pending.error = exc
+                pending.done.set()
+            return
         except Exception as exc:  # noqa: BLE001 - handed to the waiting request, never lost
             if len(batch) > 1:
                 # One bad row must not fail the others: write them one by one.

@@ -101,12 +101,27 @@ else:
     # plus the Celery worker's, must stay under max_connections (100 by default).
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections open, not Django
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks one before lending it
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options["pool"] = {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DB_POOL_MAX_SIZE", default=16),
         # A request waits this long for a free connection, then fails with a 503.
         "timeout": env.float("DB_POOL_TIMEOUT", default=5.0),
     }
+    # A server that is down, or accepts connections and never answers, must cost a request a
+    # few seconds and a JSON 503, not hang it: libpq waits for ever by default. Keepalives find
+    # a connection whose server vanished (a failover, a cut network) within about a minute. The
+    # statement limit is well above the longest statement of a Celery task (whose hard limit is
+    # 60 s) and far above an audit write's milliseconds.
+    options.setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=3))
+    options.setdefault("keepalives", 1)
+    options.setdefault("keepalives_idle", 30)
+    options.setdefault("keepalives_interval", 10)
+    options.setdefault("keepalives_count", 3)
+    statement_timeout_ms = env.int("DB_STATEMENT_TIMEOUT_MS", default=30_000)
+    options["options"] = (
+        f"{options.get('options', '')} -c statement_timeout={statement_timeout_ms}".strip()
+    )
 
 # PostgreSQL: concurrent requests' audit rows are written by one thread per process in one
 # statement and one commit (audit/writer.py); each request still waits for its own commit.
@@ -311,8 +326,12 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {
+        # Whatever logs a key or a client secret by mistake, it is redacted on its way out.
+        "redact": {"()": "redaction.RedactSecretsFilter", "secrets": [OPENAI_API_KEY]},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
     },
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
 }

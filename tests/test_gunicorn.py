@@ -3,8 +3,10 @@ gunicorn.conf.py, the PostgreSQL connection pool and group-committed audit rows,
 emulator over real sockets. The rest of the suite runs Django in-process, without either.
 """
 
+import contextlib
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -26,19 +28,14 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server(upstream, tmp_path):
+@contextlib.contextmanager
+def gunicorn_running(upstream, log: Path, **overrides: str):
     """A gunicorn worker with a pool of two connections; yields its base URL."""
-    require_service("PostgreSQL", "DATABASE_URL")
-    if connection.vendor != "postgresql":
-        pytest.fail("DATABASE_URL must name PostgreSQL for this test")
     database = settings.DATABASES["default"]
     port = free_port()
     env = {
@@ -54,15 +51,16 @@ def server(upstream, tmp_path):
         "OPENAI_WORKFLOW_ID": WORKFLOW_ID,
         "OPENAI_BASE_URL": upstream.base_url,
         "CHATKIT_USER_ID_SECRET": settings.CHATKIT_USER_ID_SECRET,
-        "CHATKIT_THROTTLE_ANON": "",
         "CHATKIT_THROTTLE_USER": "",
+        "CHATKIT_THROTTLE_ANON": "",
+        "CHATKIT_THROTTLE_ADDRESS": "",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "1",
         "DB_POOL_MIN_SIZE": "1",
         "DB_POOL_MAX_SIZE": "2",
         "DB_POOL_TIMEOUT": "1",
+        **overrides,
     }
-    log = tmp_path / "gunicorn.log"
     with open(log, "wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "broker.wsgi:application"],
@@ -76,7 +74,7 @@ def server(upstream, tmp_path):
         deadline = time.monotonic() + 30
         while True:
             try:
-                requests.get(f"{base}/healthz", timeout=1)
+                requests.get(f"{base}/healthz", timeout=10)
                 break
             except requests.ConnectionError:
                 if process.poll() is not None or time.monotonic() > deadline:
@@ -86,6 +84,50 @@ def server(upstream, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(upstream, tmp_path):
+    require_service("PostgreSQL", "DATABASE_URL")
+    if connection.vendor != "postgresql":
+        pytest.fail("DATABASE_URL must name PostgreSQL for this test")
+    with gunicorn_running(upstream, tmp_path / "gunicorn.log") as base:
+        yield base
+
+
+@pytest.fixture
+def silent_database():
+    """A PostgreSQL that froze: it accepts connections (the kernel completes them) and never
+    answers a byte. Yields its URL."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"postgres://broker:secret@127.0.0.1:{listener.getsockname()[1]}/broker"
+
+
+def test_a_silent_database_costs_a_request_seconds_and_a_json_503(
+    upstream, tmp_path, silent_database
+):
+    require_service("PostgreSQL", "DATABASE_URL")
+    with gunicorn_running(upstream, tmp_path / "gunicorn.log", DATABASE_URL=silent_database,
+                          DB_POOL_TIMEOUT="5") as base:  # fmt: skip
+        live = requests.get(f"{base}/healthz", timeout=30)
+        ready_started = time.monotonic()
+        ready = requests.get(f"{base}/readyz", timeout=30)
+        ready_seconds = time.monotonic() - ready_started
+        started = time.monotonic()
+        response = requests.post(f"{base}/api/chatkit/session/", json={}, timeout=30)
+        seconds = time.monotonic() - started
+
+    assert live.status_code == 200
+    assert (ready.status_code, ready.json()["database"]) == (503, "unreachable")
+    assert ready_seconds < 8
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "audit_unavailable"
+    assert seconds < 8
+    # The session minted before the row could not be written was cancelled upstream.
+    [session] = upstream.state.sessions.values()
+    assert session["status"] == "cancelled"
 
 
 def test_slow_logged_in_sessions_do_not_hold_the_pool(server, upstream, django_user_model):

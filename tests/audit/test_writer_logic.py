@@ -1,6 +1,7 @@
 """The group-commit writer's own logic on real threads, with the database statement replaced by
-a recording function: batching, a bad row failing alone, one reconnect, the wait limit, stopping,
-a fork. tests/audit/test_writer.py runs it against PostgreSQL.
+a recording function: batching, a bad row failing alone, one reconnect, a database down failing a
+batch at once, the wait limit, stopping, a fork. tests/audit/test_writer.py runs it against
+PostgreSQL.
 """
 
 import logging
@@ -171,6 +172,18 @@ def test_a_connection_lost_twice_fails_the_row(group, statements):
 
     with pytest.raises(OperationalError, match="still down"):
         group.write(Row("x"))
+
+
+def test_a_database_that_is_down_fails_a_batch_at_once_not_row_by_row(group, statements):
+    statements.failures = [OperationalError("down")] * 4
+
+    written, failed = held_until_queued(group, statements, ["a", "b", "c"])
+
+    assert written == {}
+    assert {name: str(error) for name, error in failed.items()} == dict.fromkeys("abc", "down")
+    # [a] and its retry, [b, c] and its retry: no statement for b and c alone.
+    batches = [sorted(batch) for batch in statements.batches]
+    assert batches == [["a"], ["a"], ["b", "c"], ["b", "c"]]
 
 
 def test_any_other_error_reaches_the_waiting_request_and_the_writer_goes_on(group, statements):
