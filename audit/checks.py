@@ -13,7 +13,8 @@ def alerting_settings_check(app_configs=None, **kwargs) -> list:
     messages += [Error(error, id="audit.E001") for error in errors]
     url = settings.ALERT_WEBHOOK_URL
     if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
-        messages.append(Error(f"ALERT_WEBHOOK_URL {url!r} is not an http(s) URL.", id="audit.E002"))
+        # Never the URL itself: a Slack webhook's path is its secret.
+        messages.append(Error("ALERT_WEBHOOK_URL is not an http(s) URL.", id="audit.E002"))
     for address in settings.ALERT_EMAIL_TO:
         if "@" not in address:
             messages.append(

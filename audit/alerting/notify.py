@@ -12,7 +12,7 @@ import logging
 import random
 import urllib.request
 from datetime import timedelta
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -186,18 +186,32 @@ def notification_deliver(*, notification_id: int) -> bool:
     return True
 
 
+class _RedirectRefused(urllib.request.HTTPRedirectHandler):
+    """A 3xx from the webhook is an error, never followed: a compromised or mistyped endpoint
+    would otherwise aim this worker at any address it can reach (blind SSRF)."""
+
+    def redirect_request(self, *args, **kwargs) -> None:
+        return None  # urllib then raises HTTPError for the 3xx
+
+
+_webhook_opener = urllib.request.build_opener(_RedirectRefused)
+
+
 def _send(notification: AlertNotification) -> None:
     payload = notification.payload
     if notification.channel == AlertNotification.Channel.WEBHOOK:
-        # The URL comes from settings, and a system check allows only http(s).
-        request = urllib.request.Request(  # noqa: S310
-            settings.ALERT_WEBHOOK_URL,
+        url = settings.ALERT_WEBHOOK_URL
+        # The system check refuses anything else too, but a worker may start without it.
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError("ALERT_WEBHOOK_URL is not an http(s) URL.")
+        request = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
+            url,
             data=json.dumps(payload).encode(),
             headers={"Content-Type": "application/json", "User-Agent": "chatkit-session-broker"},
             method="POST",
         )
-        # urlopen raises HTTPError for 4xx/5xx answers, which the caller retries.
-        with urllib.request.urlopen(request, timeout=settings.ALERT_WEBHOOK_TIMEOUT):  # noqa: S310
+        # HTTPError for 3xx, 4xx and 5xx answers, which the caller retries.
+        with _webhook_opener.open(request, timeout=settings.ALERT_WEBHOOK_TIMEOUT):
             pass
     elif notification.channel == AlertNotification.Channel.EMAIL:
         subject = payload["text"].split(". ")[0][:150]

@@ -794,6 +794,13 @@ def test_fingerprints_are_stable_across_versions():
     )
 
 
+def test_the_webhook_check_never_prints_the_url(settings):
+    # A Slack webhook's path is its token; `manage.py check` output ends up in CI logs.
+    settings.ALERT_WEBHOOK_URL = "ftp://hooks.example/services/T000/B000/tokentokentoken"
+    [message] = alerting_settings_check()
+    assert "tokentokentoken" not in f"{message.msg} {message.hint}"
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "error"),
     [

@@ -141,3 +141,29 @@ def test_the_retry_task_claims_the_row_when_it_arrives(sink, notifications, monk
         assert webhook.claimed_until == moment + timedelta(seconds=countdowns[-1] - 1)
         moment += timedelta(seconds=countdowns[-1])  # when the worker runs the retry
     assert webhook.attempts == MAX_ATTEMPTS - 1
+
+
+def test_a_redirecting_webhook_is_a_failure_and_is_never_followed(sink, notifications):
+    # A compromised endpoint answering 302 must not aim the worker at another address.
+    sink.expect_request("/hook").respond_with_response(
+        Response("", status=302, headers={"Location": sink.url_for("/internal")})
+    )
+    sink.expect_request("/internal").respond_with_data("secret")
+    webhook = notifications["webhook"]
+
+    with pytest.raises(NotificationDeliveryError):
+        notification_deliver(notification_id=webhook.pk)
+
+    assert [request.path for request, _ in sink.log] == ["/hook"]
+    webhook.refresh_from_db()
+    assert webhook.status == "pending" and "302" in webhook.last_error
+
+
+def test_a_webhook_that_is_not_http_is_never_opened(sink, notifications, settings, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not send")
+    settings.ALERT_WEBHOOK_URL = secret.as_uri()
+    webhook = notifications["webhook"]
+
+    with pytest.raises(NotificationDeliveryError, match="not an http"):
+        notification_deliver(notification_id=webhook.pk)
