@@ -7,8 +7,11 @@ import logging
 import os
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery, signals
 from celery.beat import PersistentScheduler
+from django.conf import settings
+
+from redaction import RedactSecretsFilter
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "broker.settings")
 
@@ -27,6 +30,14 @@ def _create_filesystem_spool(sender: Celery, **kwargs) -> None:
             folder = sender.conf.broker_transport_options.get(key)
             if folder:
                 Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_worker_logs(logger: logging.Logger, **kwargs) -> None:
+    # A worker replaces the root logger's handlers (and so Django's filter) with its own.
+    for handler in logger.handlers:
+        handler.addFilter(RedactSecretsFilter([settings.OPENAI_API_KEY]))
 
 
 class Scheduler(PersistentScheduler):

@@ -5,6 +5,7 @@ Beside the apps, not inside either: the upstream client (sessions_api) and the a
 on purpose: the client must not import Django.
 """
 
+import logging
 import re
 from collections.abc import Iterable
 
@@ -37,3 +38,22 @@ def clean_text(text: str, *, limit: int = 2048, secrets: Iterable[str] = ()) -> 
     # Redact before truncating: a cut could leave a key prefix too short for the patterns.
     text = _CONTROL.sub(" ", redact(text, secrets))
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+class RedactSecretsFilter(logging.Filter):
+    """A second line of defence on log handlers: key-shaped strings in a record's message, its
+    traceback and its stack are redacted, whatever code logged them and however."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = [secret for secret in secrets if secret]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage(), self.secrets), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, self.secrets)
+        return True

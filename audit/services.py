@@ -114,13 +114,12 @@ def session_attempt_record(
         workflow_id=workflow_id,
         status_code=status_code,
         api_error_code=api_error_code,
-        error_type=error_type or "",
-        error_code=error_code or "",
-        error_param=error_param or "",
-        error_message=clean_text(
-            error_message or "", limit=ERROR_MESSAGE_LIMIT, secrets=[settings.OPENAI_API_KEY]
-        ),
-        upstream_request_id=upstream_request_id or "",
+        # Everything the upstream wrote is cleaned alike: one line, no key-shaped strings.
+        error_type=_cleaned(error_type),
+        error_code=_cleaned(error_code),
+        error_param=_cleaned(error_param),
+        error_message=_cleaned(error_message),
+        upstream_request_id=_cleaned(upstream_request_id),
         session_id=session_id,
         expires_at=expires_at,
         attempts=attempts,
@@ -140,6 +139,10 @@ def session_attempt_record(
 
         alerts_evaluation_request()
     return attempt
+
+
+def _cleaned(text: str | None) -> str:
+    return clean_text(text or "", limit=ERROR_MESSAGE_LIMIT, secrets=[settings.OPENAI_API_KEY])
 
 
 def _refuse_outer_transaction() -> None:

@@ -1,6 +1,10 @@
+import logging
+import logging.config
+import sys
+
 import pytest
 
-from redaction import clean_text, redact
+from redaction import RedactSecretsFilter, clean_text, redact
 
 
 @pytest.mark.parametrize(
@@ -86,3 +90,41 @@ def test_clean_text_redacts_before_truncating():
     # Cut first, "sk-abc" would be too short for the pattern and its start would leak.
     assert clean_text("sk-abcdefghijkl", limit=7) == "sk-[RE…"
     assert clean_text("pw=p4ss", secrets=["p4ss"]) == "pw=[REDACTED]"
+
+
+def log_through_filter(*args, exc_info=None, stack_info=False, secrets=()) -> str:
+    """One record, through the filter, formatted as a handler would."""
+    record = logging.getLogger("tests.redaction").makeRecord(
+        "tests.redaction", logging.ERROR, __file__, 1, *args, exc_info, sinfo=None
+    )
+    if stack_info:
+        record.stack_info = "Stack (most recent call last):\n  called with ek_abcdefghijklmnop"
+    assert RedactSecretsFilter(secrets).filter(record) is True
+    return logging.Formatter("%(message)s").format(record)
+
+
+def test_the_log_filter_redacts_the_message_and_its_arguments():
+    text = log_through_filter("calling with %s and %r", ("sk-abcdef123456", "ek_abcdefghijk"))
+    assert text == "calling with sk-[REDACTED] and 'ek_[REDACTED]'"
+
+
+def test_the_log_filter_redacts_exact_secrets_tracebacks_and_stacks():
+    try:
+        raise RuntimeError("upstream said: token hunter2hunter2 refused, Bearer abc.def")
+    except RuntimeError:
+        failure = sys.exc_info()
+    text = log_through_filter(
+        "failed for %s", ("hunter2hunter2",), exc_info=failure, stack_info=True,
+        secrets=["hunter2hunter2", ""],
+    )  # fmt: skip
+    assert "hunter2hunter2" not in text and "abc.def" not in text
+    assert "ek_abcdefghijklmnop" not in text
+    assert text.startswith("failed for [REDACTED]\nTraceback")
+    assert "RuntimeError: upstream said: token [REDACTED] refused, Bearer [REDACTED]" in text
+
+
+def test_the_console_handler_of_the_settings_redacts(settings, capsys):
+    # The filter is wired where logs leave the process, for every logger.
+    logging.config.dictConfig(settings.LOGGING)
+    logging.getLogger("sessions_api.anywhere").error("oops %s", "sk-abcdef123456!")
+    assert capsys.readouterr().err.endswith("oops sk-[REDACTED]!\n")
