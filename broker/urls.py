@@ -1,14 +1,15 @@
 from django.contrib import admin
 from django.urls import path, re_path
 
-from broker.views import health, scheduler_health
+from broker.views import liveness, readiness, scheduler_health
 from sessions_api.apis import ChatKitSessionCreateApi
 
 session_create = ChatKitSessionCreateApi.as_view()
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("healthz", health, name="health"),
+    path("healthz", liveness, name="health"),
+    path("readyz", readiness, name="ready"),
     path("healthz/scheduler", scheduler_health, name="health-scheduler"),
     # The trailing slash is optional: APPEND_SLASH cannot redirect a POST without losing its body.
     re_path(r"^api/chatkit/session/?$", session_create, name="chatkit-session-create"),

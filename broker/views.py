@@ -1,3 +1,5 @@
+from django.core.cache import cache
+from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
@@ -7,25 +9,41 @@ from audit.selectors import heartbeat_status
 # Beat sends the sweep every minute: five missed in a row means beat or the worker is down.
 SWEEP_STALE_AFTER_SECONDS = 300
 
+# Bodies stay minimal on purpose (no versions, settings or errors): these URLs are unauthenticated.
+
 
 @require_GET
-def health(request: HttpRequest) -> JsonResponse:
-    """Web liveness and database reachability, for load balancers and docker-compose.
+def liveness(request: HttpRequest) -> JsonResponse:
+    """The process answers: nothing else is checked, so a restart is never the cure for an
+    outage elsewhere."""
+    return JsonResponse({"status": "ok"})
 
-    The scheduler's state is reported too, but never fails this check: a web process cannot
-    fix a stopped beat, and a load balancer would only take healthy web servers away.
+
+@require_GET
+def readiness(request: HttpRequest) -> JsonResponse:
+    """200 while the database answers (sessions can be minted and audited), for load balancers.
+
+    The cache is reported, never failed on: without Redis the broker still mints and audits,
+    counting throttles per process and catching statistics up later.
     """
-    scheduler = _scheduler()
-    if scheduler is None:
+    if not _database_answers():
         return _database_unreachable()
-    return JsonResponse({"status": "ok", "database": "ok", "scheduler": scheduler})
+    cache_ok = _cache_answers()
+    return JsonResponse(
+        {
+            "status": "ok" if cache_ok else "degraded",
+            "database": "ok",
+            "cache": "ok" if cache_ok else "unreachable",
+        }
+    )
 
 
 @require_GET
 def scheduler_health(request: HttpRequest) -> JsonResponse:
     """503 when the minute sweep has not run lately (beat or worker stopped), for monitoring."""
-    scheduler = _scheduler()
-    if scheduler is None:
+    try:
+        scheduler = heartbeat_status(name=SWEEP_HEARTBEAT, stale_after=SWEEP_STALE_AFTER_SECONDS)
+    except Exception:  # noqa: BLE001 - reading the heartbeat is reading the database
         return _database_unreachable()
     return JsonResponse(scheduler, status=200 if scheduler["status"] == "ok" else 503)
 
@@ -34,9 +52,18 @@ def _database_unreachable() -> JsonResponse:
     return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
 
 
-def _scheduler() -> dict | None:
-    """The sweep's heartbeat; None when the database cannot be read (reading it is the check)."""
+def _database_answers() -> bool:
     try:
-        return heartbeat_status(name=SWEEP_HEARTBEAT, stale_after=SWEEP_STALE_AFTER_SECONDS)
-    except Exception:  # noqa: BLE001 - any database failure means "not ready"
-        return None
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
+        return False
+
+
+def _cache_answers() -> bool:
+    try:
+        cache.get("readiness-probe")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "degraded"
+        return False

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,11 +61,11 @@ def test_every_scheduled_task_is_registered():
 
 
 @pytest.mark.django_db
-def test_health_reports_a_stopped_scheduler(client):
-    assert client.get("/healthz").json() == {
-        "status": "ok",
-        "database": "ok",
-        "scheduler": {"status": "unknown", "last_run": None, "age_seconds": None},
+def test_the_scheduler_check_reports_a_stopped_scheduler(client):
+    assert client.get("/healthz/scheduler").json() == {
+        "status": "unknown",
+        "last_run": None,
+        "age_seconds": None,
     }
     assert client.get("/healthz/scheduler").status_code == 503  # no sweep has run yet
 
@@ -72,25 +73,64 @@ def test_health_reports_a_stopped_scheduler(client):
     with time_machine.travel(swept, tick=False):
         alerts_sweep()
     with time_machine.travel(swept + timedelta(minutes=5), tick=False):
-        health = client.get("/healthz")
         scheduler = client.get("/healthz/scheduler")
-    assert health.status_code == scheduler.status_code == 200
-    assert (
-        health.json()["scheduler"]
-        == scheduler.json()
-        == {
-            "status": "ok",
-            "last_run": swept.isoformat(),
-            "age_seconds": 300,
-        }
-    )
+    assert scheduler.status_code == 200
+    assert scheduler.json() == {"status": "ok", "last_run": swept.isoformat(), "age_seconds": 300}
 
     with time_machine.travel(swept + timedelta(minutes=5, seconds=1), tick=False):
-        health = client.get("/healthz")
         scheduler = client.get("/healthz/scheduler")
-    # The web itself is healthy: a load balancer must keep sending it traffic.
-    assert health.status_code == 200 and health.json()["scheduler"]["status"] == "stale"
+        live, ready = client.get("/healthz"), client.get("/readyz")
     assert scheduler.status_code == 503 and scheduler.json()["age_seconds"] == 301
+    # The web itself is healthy: a load balancer must keep sending it traffic.
+    assert (live.status_code, ready.status_code) == (200, 200)
+
+
+@pytest.mark.django_db
+def test_liveness_and_readiness(client):
+    assert (client.get("/healthz").status_code, client.get("/healthz").json()) == (
+        200,
+        {"status": "ok"},
+    )
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {"status": "ok", "database": "ok", "cache": "ok"},
+    )
+
+
+@pytest.mark.django_db
+def test_readiness_is_degraded_not_failed_without_the_cache(client, settings):
+    with socket.socket() as probe:  # a port where no Redis listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {"status": "degraded", "database": "ok", "cache": "unreachable"},
+    )
+
+
+@pytest.mark.django_db
+def test_readiness_fails_without_the_database(client, monkeypatch):
+    from broker import views
+
+    def broken_cursor():
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(views.connection, "cursor", broken_cursor)
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (
+        503,
+        {"status": "error", "database": "unreachable"},
+    )
+    assert client.get("/healthz").status_code == 200
 
 
 @pytest.mark.django_db(transaction=True)
@@ -132,12 +172,11 @@ def test_each_scheduled_task_runs_on_a_real_worker(redis_worker, settings, mailo
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("path", ["/healthz", "/healthz/scheduler"])
-def test_health_answers_503_when_the_database_is_unreachable(client, monkeypatch, path):
+def test_the_scheduler_check_answers_503_when_the_database_is_unreachable(client, monkeypatch):
     def unreachable(**kwargs):
         raise OperationalError("connection refused")
 
     monkeypatch.setattr("broker.views.heartbeat_status", unreachable)
-    response = client.get(path)
+    response = client.get("/healthz/scheduler")
     assert response.status_code == 503
     assert response.json() == {"status": "error", "database": "unreachable"}
