@@ -1,4 +1,5 @@
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -73,6 +74,21 @@ def redis_worker():
     cache.delete(EVALUATION_PENDING_KEY)
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         yield
+
+
+@pytest.fixture
+def unreachable_cache(settings):
+    """The Redis cache on a port where nothing listens: Redis down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
 
 
 def wait_for(predicate, *, seconds: float = 15.0) -> bool:

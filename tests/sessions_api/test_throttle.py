@@ -1,7 +1,6 @@
 import functools
 import logging
 import secrets
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -291,17 +290,9 @@ def test_behind_one_proxy_the_forwarded_address_is_counted(upstream, settings, a
 # --- counting -----------------------------------------------------------------------------
 
 
-def test_a_broken_cache_lets_requests_through(upstream, settings, address, caplog):
-    with socket.socket() as probe:  # a port where no Redis listens
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{port}/0",
-            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
-        }
-    }
+def test_a_broken_cache_lets_requests_through(
+    upstream, settings, address, caplog, unreachable_cache
+):
     settings.CHATKIT_THROTTLE_ADDRESS = "1/min"
     caplog.set_level(logging.WARNING, logger="sessions_api.throttle")
     client = APIClient(REMOTE_ADDR=address)
