@@ -21,6 +21,7 @@ class SessionAttempt(models.Model):
         NOT_CONFIGURED = "not_configured", "Not configured"
         REJECTED = "rejected", "Rejected before the upstream call"
         INTERNAL_ERROR = "internal_error", "Internal error (a bug of ours)"
+        CIRCUIT_OPEN = "circuit_open", "Not called: the upstream circuit was open"
 
     class Kind(models.TextChoices):
         INITIAL = "initial", "Initial"

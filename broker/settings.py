@@ -200,6 +200,11 @@ CHATKIT_CONNECT_TIMEOUT = env.float("CHATKIT_CONNECT_TIMEOUT", default=3.0)
 CHATKIT_READ_TIMEOUT = env.float("CHATKIT_READ_TIMEOUT", default=8.0)
 CHATKIT_TOTAL_TIMEOUT = env.float("CHATKIT_TOTAL_TIMEOUT", default=10.0)
 CHATKIT_MAX_RETRIES = env.int("CHATKIT_MAX_RETRIES", default=2)
+# After this many upstream calls in a row fail (5xx, timeout, no connection), each process
+# answers 503 at once, without calling, for the cool-down; then one call probes
+# (sessions_api/breaker.py).
+CHATKIT_BREAKER_FAILURES = env.int("CHATKIT_BREAKER_FAILURES", default=5)
+CHATKIT_BREAKER_COOLDOWN_SECONDS = env.float("CHATKIT_BREAKER_COOLDOWN_SECONDS", default=10.0)
 CHATKIT_MAX_BODY_BYTES = env.int("CHATKIT_MAX_BODY_BYTES", default=16 * 1024)
 # Store the caller's IP address on audit rows (off by default: it is personal data).
 CHATKIT_AUDIT_CLIENT_IP = env.bool("CHATKIT_AUDIT_CLIENT_IP", default=False)

@@ -130,6 +130,12 @@ class UpstreamUnavailable(ApplicationError):
     message = "The chat service is unavailable. Try again shortly."
 
 
+class UpstreamCircuitOpen(UpstreamUnavailable):
+    # 503, not 502: we did not call; the upstream failed too often just now (Retry-After says
+    # when the next call will be tried).
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+
+
 class UpstreamTimedOut(ApplicationError):
     status_code = status.HTTP_504_GATEWAY_TIMEOUT
     code = "upstream_timeout"

@@ -17,6 +17,7 @@ from audit.models import SessionAttempt
 from audit.selectors import live_session_ids_for_user
 from audit.services import session_attempt_record
 from sessions_api import client, errors
+from sessions_api.breaker import CircuitBreaker
 from sessions_api.identity import ChatKitIdentity, user_ref_for_user
 
 logger = logging.getLogger(__name__)
@@ -45,11 +46,22 @@ def chatkit_client() -> client.ChatKitClient:
     )
 
 
+@lru_cache(maxsize=1)
+def upstream_breaker() -> CircuitBreaker:
+    """One per process, like the client it guards."""
+    return CircuitBreaker(
+        failures=settings.CHATKIT_BREAKER_FAILURES,
+        cooldown=settings.CHATKIT_BREAKER_COOLDOWN_SECONDS,
+    )
+
+
 @receiver(setting_changed)
 def _forget_client(*, setting: str, **kwargs) -> None:
-    if setting.startswith(("OPENAI_", "CHATKIT_")) and chatkit_client.cache_info().currsize:
-        chatkit_client().close()
-        chatkit_client.cache_clear()
+    if setting.startswith(("OPENAI_", "CHATKIT_")):
+        upstream_breaker.cache_clear()
+        if chatkit_client.cache_info().currsize:
+            chatkit_client().close()
+            chatkit_client.cache_clear()
 
 
 # What an audit row says for a workflow the request named but may not use, in place of the
@@ -152,6 +164,15 @@ def chatkit_session_create(request: SessionRequest) -> SessionGrant:
             errors.NotConfigured(), outcome=Outcome.NOT_CONFIGURED, message=message
         )
 
+    breaker = upstream_breaker()
+    if refusal := breaker.refusal():
+        message = (
+            f"Not called: {refusal.failures} upstream calls in a row failed; the next is tried in "
+            f"{refusal.seconds_left:.1f} s."
+        )
+        error = errors.UpstreamCircuitOpen(retry_after=max(math.ceil(refusal.seconds_left), 1))
+        raise request.refuse(error, outcome=Outcome.CIRCUIT_OPEN, message=message)
+
     _database_connection_release()
     try:
         result = chatkit_client().create_session(
@@ -162,6 +183,10 @@ def chatkit_session_create(request: SessionRequest) -> SessionGrant:
             chatkit_configuration=settings.CHATKIT_CONFIGURATION,
         )
     except client.UpstreamError as exc:
+        if _upstream_at_fault(exc):
+            breaker.failed()
+        else:
+            breaker.succeeded()  # it answered: a 4xx is about our request, not its health
         outcome, error = upstream_failure(exc)
         request.record(
             outcome,
@@ -178,6 +203,7 @@ def chatkit_session_create(request: SessionRequest) -> SessionGrant:
         error.request_id = request.attempt_id
         raise error from exc
 
+    breaker.succeeded()
     try:
         request.record(
             Outcome.SUCCESS,
@@ -200,6 +226,13 @@ def chatkit_session_create(request: SessionRequest) -> SessionGrant:
         expires_at=result.expires_at,
         attempt_id=request.attempt_id,
     )
+
+
+def _upstream_at_fault(exc: client.UpstreamError) -> bool:
+    """5xx answers, timeouts and no connection trip the breaker; 4xx and odd bodies do not."""
+    if isinstance(exc, client.UpstreamTimeout | client.UpstreamNetworkError):
+        return True
+    return isinstance(exc, client.UpstreamHTTPError) and exc.status_code >= 500
 
 
 def _database_connection_release() -> None:
