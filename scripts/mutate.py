@@ -37,6 +37,7 @@ MODULES: dict[str, list[str]] = {
     "redaction.py": ["tests/test_redaction.py"],
     "sessions_api/drf.py": ["tests/sessions_api/test_drf.py", "tests/sessions_api/test_csrf.py"],
     "sessions_api/throttle.py": ["tests/sessions_api/test_throttle.py"],
+    "sessions_api/breaker.py": ["tests/sessions_api/test_breaker.py"],
     "audit/alerting/rules.py": ["tests/audit/test_alerting.py", "tests/audit/test_notify.py"],
     "audit/alerting/engine.py": ["tests/audit/test_alerting.py", "tests/audit/test_notify.py"],
     "audit/stats.py": ["tests/audit/test_stats.py"],
