@@ -56,12 +56,19 @@ def publish_safely(task, **kwargs) -> bool:
     """Publish `task` with JSON kwargs now; on a broker outage log it and return False.
 
     It must never fail the web request that caused it: the database stays the source of truth
-    and the periodic sweep catches up.
+    and the periodic sweep catches up. After a failure, the process does not even try for a few
+    seconds, so a silent broker costs one request a timeout, not every request.
     """
+    from broker.redis_breaker import redis_breaker  # the broker package imports this module
+
+    if not redis_breaker.available():
+        logger.warning("Could not enqueue %s: Redis is paused after a failure.", task.name)
+        return False
     try:
         task.apply_async(kwargs=kwargs)
-    except Exception:  # noqa: BLE001 - any broker failure, by design
+    except Exception as exc:  # noqa: BLE001 - any broker failure, by design
         logger.warning("Could not enqueue %s; the next sweep will catch up.", task.name)
+        redis_breaker.failed(f"enqueue: {type(exc).__name__}")
         return False
     return True
 

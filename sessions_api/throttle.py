@@ -13,13 +13,13 @@ The policy (README, "Throttling"), each limit a rate such as "30/min", empty for
 Each caller has fixed windows that start with its first request. The counters live in the
 shared cache (Redis in production), so the limits hold across workers and replicas, and all of
 a request's counters are checked in one atomic operation: parallel requests cannot slip past a
-limit. When the cache is down the request is allowed with a warning: serving the chat matters
-more than counting it.
+limit. When the cache fails the request is allowed, and so are all requests of the next few
+seconds without asking it (broker/redis_breaker.py): serving the chat matters more than
+counting it.
 """
 
 import hashlib
 import ipaddress
-import logging
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -29,10 +29,9 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from rest_framework.throttling import SimpleRateThrottle
 
+from broker.redis_breaker import redis_breaker
 from sessions_api import errors
 from sessions_api.identity import anon_identity_of
-
-logger = logging.getLogger(__name__)
 
 # Counts this request in each counter in turn, each window starting with its counter's first
 # request, and stops at the first counter over its limit: a caller refused by its own limit
@@ -87,12 +86,12 @@ class SessionCreateThrottle(SimpleRateThrottle):
         if request.method != "POST":
             return True
         limits = self.limits_for(request)
-        if not limits:
-            return True
+        if not limits or not redis_breaker.available():
+            return True  # off, or the cache failed a moment ago: allowed, as below
         try:
             refused, seconds_left = count(limits)
-        except Exception:  # noqa: BLE001 - a cache outage must not stop chats
-            logger.warning("Throttle cache unavailable; allowing the session request.")
+        except Exception as exc:  # noqa: BLE001 - a cache outage must not stop chats
+            redis_breaker.failed(f"throttle: {type(exc).__name__}")
             return True
         if not refused:
             return True

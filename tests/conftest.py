@@ -9,6 +9,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from audit.alerting import EVALUATION_PENDING_KEY
+from broker.redis_breaker import redis_breaker
 from celery_app import app
 from sessions_api.emulator import serve_in_thread
 from tests.constants import CANARY_KEY, OTHER_WORKFLOW_ID, WORKFLOW_ID
@@ -74,6 +75,13 @@ def redis_worker():
     cache.delete(EVALUATION_PENDING_KEY)
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _redis_breaker_reset():
+    """A test that breaks Redis must not leave the next one skipping it."""
+    yield
+    redis_breaker.reset()
 
 
 @pytest.fixture

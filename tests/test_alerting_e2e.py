@@ -140,6 +140,7 @@ def test_redis_down_loses_nothing_and_the_sweep_catches_up(
 ):
     from celery.contrib.testing.worker import start_worker
 
+    settings.REDIS_PAUSE_SECONDS = 0.5
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         private_redis.stop()
 
@@ -151,6 +152,7 @@ def test_redis_down_loses_nothing_and_the_sweep_catches_up(
         assert webhook_sink.log == []
 
         private_redis.start()
+        time.sleep(0.6)  # the pause after the last Redis failure is over: this process asks again
         alerts_sweep.delay()  # what beat sends every minute
 
         assert wait_for(lambda: len(webhook_sink.log) >= 1, seconds=40)

@@ -6,6 +6,8 @@ emulator over real sockets. The rest of the suite runs Django in-process, withou
 import contextlib
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,3 +176,66 @@ def test_a_burst_of_anonymous_sessions_is_audited_row_for_row(server, upstream):
     assert set(SessionAttempt.objects.values_list("session_id", flat=True)) == set(
         upstream.state.sessions
     )
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test's own, to freeze (SIGSTOP) and thaw; yields (URL, process)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is needed (CI must provide every service)")
+        pytest.skip("redis-server is needed to run this test")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", process
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_frozen_redis_costs_a_mint_little_and_loses_no_row(upstream, tmp_path, private_redis):
+    """Redis accepts connections but never answers: minting and auditing go on."""
+    require_service("PostgreSQL", "DATABASE_URL")
+    url, redis_server = private_redis
+
+    def mint(fault: dict | None = None) -> tuple[int, float]:
+        if fault:
+            upstream.state.push_faults([fault])
+        started = time.monotonic()
+        response = requests.post(f"{base}/api/chatkit/session/", json={}, timeout=30)
+        return response.status_code, time.monotonic() - started
+
+    redis = {"REDIS_URL": url, "CELERY_BROKER_URL": url, "CHATKIT_THROTTLE_ADDRESS": "1000/min"}
+    with gunicorn_running(upstream, tmp_path / "gunicorn.log", **redis) as base:
+        mint()  # the worker's first request pays for imports and connections
+        # Normal times, with Redis well: a mint, and a failure (which asks for an alert).
+        normal = [mint() for _ in range(3)]
+        normal_failure = mint({"status": 401})
+        redis_server.send_signal(signal.SIGSTOP)
+        try:
+            frozen = mint()
+            frozen_failure = mint({"status": 401})
+            later = [mint() for _ in range(5)]  # within REDIS_PAUSE_SECONDS (5 s)
+        finally:
+            redis_server.send_signal(signal.SIGCONT)
+
+    usual = sorted(seconds for _, seconds in normal)[1]
+    assert frozen[0] == 200 and frozen[1] < usual + 0.5, (frozen, normal)
+    assert frozen_failure[0] == 502 and frozen_failure[1] < normal_failure[1] + 2
+    assert all(status == 200 and seconds < usual + 0.5 for status, seconds in later), later
+    # One timeout, then Redis is skipped for the pause instead of costing every request one.
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert log.count("Redis failed") == 1, log
+    assert SessionAttempt.objects.filter(outcome="success").count() == 1 + 3 + 1 + 5
+    assert SessionAttempt.objects.filter(api_error_code="upstream_auth_failed").count() == 2

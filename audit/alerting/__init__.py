@@ -10,6 +10,7 @@ import logging
 from django.core.cache import cache
 from django.db import transaction
 
+from broker.redis_breaker import redis_breaker
 from celery_app import publish_safely
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,13 @@ def alerts_evaluation_request() -> None:
 def _evaluation_request_now() -> None:
     from audit.tasks import alerts_evaluate
 
+    if not redis_breaker.available():
+        return  # Redis failed a moment ago: the minute sweep evaluates from the audit log
     try:
         first = cache.add(EVALUATION_PENDING_KEY, 1, timeout=EVALUATION_PENDING_TTL)
-    except Exception:  # noqa: BLE001 - a cache outage must not fail the request
-        logger.warning("Cache unavailable; requesting an alert evaluation without coalescing.")
-        first = True
+    except Exception as exc:  # noqa: BLE001 - a cache outage must not fail the request
+        redis_breaker.failed(f"alert coalescing: {type(exc).__name__}")
+        return
     if first and not publish_safely(alerts_evaluate):
         # Nothing is queued, so the flag must not hold back the next failure's request.
         with contextlib.suppress(Exception):

@@ -27,6 +27,7 @@ from audit.models import (
     SessionAttempt,
 )
 from audit.services import session_attempt_record
+from broker.redis_breaker import redis_breaker
 from sessions_api import errors
 from tests.factories import record_attempts
 
@@ -451,6 +452,20 @@ def test_a_lost_enqueue_does_not_block_the_next_request(
     with django_capture_on_commit_callbacks(execute=True):
         alerting.alerts_evaluation_request()
     assert cache.get(alerting.EVALUATION_PENDING_KEY) is None
+
+
+def test_with_redis_failing_the_request_leaves_the_evaluation_to_the_sweep(
+    monkeypatch, django_capture_on_commit_callbacks, unreachable_cache
+):
+    enqueued = []
+    monkeypatch.setattr(alerting, "publish_safely", lambda task, **kw: enqueued.append(task))
+    with django_capture_on_commit_callbacks(execute=True):
+        alerting.alerts_evaluation_request()  # the cache fails: Redis is paused
+    monkeypatch.setattr(alerting, "cache", None)  # not even asked while paused
+    with django_capture_on_commit_callbacks(execute=True):
+        alerting.alerts_evaluation_request()
+    assert enqueued == []
+    assert not redis_breaker.available()
 
 
 def test_a_failing_sweep_step_does_not_stop_the_others(monkeypatch, settings, mailoutbox):

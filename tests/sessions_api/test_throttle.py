@@ -290,15 +290,23 @@ def test_behind_one_proxy_the_forwarded_address_is_counted(upstream, settings, a
 # --- counting -----------------------------------------------------------------------------
 
 
-def test_a_broken_cache_lets_requests_through(
-    upstream, settings, address, caplog, unreachable_cache
+def test_a_broken_cache_lets_requests_through_and_is_skipped_for_a_while(
+    upstream, settings, address, caplog, unreachable_cache, monkeypatch
 ):
     settings.CHATKIT_THROTTLE_ADDRESS = "1/min"
-    caplog.set_level(logging.WARNING, logger="sessions_api.throttle")
+    caplog.set_level(logging.WARNING, logger="broker.redis_breaker")
+    asked = []
+    real_count = throttle.count
+    monkeypatch.setattr(throttle, "count", lambda limits: asked.append(1) or real_count(limits))
     client = APIClient(REMOTE_ADDR=address)
+
     assert statuses(client, 3, drop_cookies=True) == [200, 200, 200]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "sessions_api.throttle"]
-    assert warnings == ["Throttle cache unavailable; allowing the session request."] * 3
+    assert len(asked) == 1  # after its failure, Redis is not asked again for a while
+    warnings = [r.getMessage() for r in caplog.records if r.name == "broker.redis_breaker"]
+    assert warnings == [
+        "Redis failed (throttle: ConnectionError); skipping it for 5 s: throttles allow, alerts "
+        "wait for the minute sweep."
+    ]
 
 
 def test_parallel_requests_cannot_slip_past_the_limit(settings, address):
