@@ -31,19 +31,28 @@ class SessionGrant:
     attempt_id: int
 
 
+# A logout whose cancel cannot be queued cancels inline: each call gets this long, no retries.
+LOGOUT_CANCEL_SECONDS = 2.0
+
+
+def _client_config(**overrides) -> client.ClientConfig:
+    return client.ClientConfig(
+        **{
+            "base_url": settings.OPENAI_BASE_URL,
+            "api_key": settings.OPENAI_API_KEY,
+            "connect_timeout": settings.CHATKIT_CONNECT_TIMEOUT,
+            "read_timeout": settings.CHATKIT_READ_TIMEOUT,
+            "total_timeout": settings.CHATKIT_TOTAL_TIMEOUT,
+            "max_retries": settings.CHATKIT_MAX_RETRIES,
+            **overrides,
+        }
+    )
+
+
 @lru_cache(maxsize=1)
 def chatkit_client() -> client.ChatKitClient:
     """One client per process: its threads share its pool of kept-alive connections."""
-    return client.ChatKitClient(
-        client.ClientConfig(
-            base_url=settings.OPENAI_BASE_URL,
-            api_key=settings.OPENAI_API_KEY,
-            connect_timeout=settings.CHATKIT_CONNECT_TIMEOUT,
-            read_timeout=settings.CHATKIT_READ_TIMEOUT,
-            total_timeout=settings.CHATKIT_TOTAL_TIMEOUT,
-            max_retries=settings.CHATKIT_MAX_RETRIES,
-        )
-    )
+    return client.ChatKitClient(_client_config())
 
 
 @lru_cache(maxsize=1)
@@ -278,21 +287,46 @@ def upstream_failure(exc: client.UpstreamError) -> tuple[str, errors.Application
     return outcome, error_class(debug_detail=detail)
 
 
-def chatkit_sessions_cancel(*, user_id: int) -> int:
+def chatkit_sessions_cancel(*, user_id: int, upstream: client.ChatKitClient | None = None) -> int:
     """Cancel upstream every live session minted for a user; returns how many were cancelled.
 
     Idempotent: a session that is already cancelled or gone (404) counts as done.
     """
+    upstream = upstream or chatkit_client()
     cancelled = 0
     for session_id in live_session_ids_for_user(user_id=user_id):
         try:
-            chatkit_client().cancel_session(session_id)
+            upstream.cancel_session(session_id)
         except client.UpstreamHTTPError as exc:
             if exc.status_code != 404:
                 raise
             continue
         cancelled += 1
     return cancelled
+
+
+def chatkit_sessions_cancel_on_logout(*, user_id: int) -> None:
+    """After a logout commits: queue the cancels, or, when the queue is down, cancel inline.
+
+    Inline, each call has LOGOUT_CANCEL_SECONDS and no retry, so a logout waits seconds at
+    worst; what still fails is logged, and those sessions live until they expire.
+    """
+    from celery_app import publish_safely
+    from sessions_api.tasks import chatkit_sessions_cancel_for_user
+
+    if publish_safely(chatkit_sessions_cancel_for_user, user_id=user_id):
+        return
+    short = client.ChatKitClient(_client_config(total_timeout=LOGOUT_CANCEL_SECONDS, max_retries=0))
+    try:
+        chatkit_sessions_cancel(user_id=user_id, upstream=short)
+    except client.UpstreamError as exc:
+        logger.error(
+            "Could not cancel the sessions of user %s at logout; they live until they expire: %s",
+            user_id,
+            exc,
+        )
+    finally:
+        short.close()
 
 
 def upstream_error_class(*, outcome: str, status_code: int | None) -> type[errors.ApplicationError]:

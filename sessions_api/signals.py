@@ -8,7 +8,9 @@ def cancel_chatkit_sessions_on_logout(sender, request, user, **kwargs) -> None:
     """A logged-out browser must not keep chatting on a secret minted for the user."""
     if user is None or not settings.CHATKIT_CANCEL_ON_LOGOUT:
         return
-    from celery_app import enqueue_on_commit
-    from sessions_api.tasks import chatkit_sessions_cancel_for_user
+    from django.db import transaction
 
-    enqueue_on_commit(chatkit_sessions_cancel_for_user, user_id=user.pk)
+    from sessions_api.services import chatkit_sessions_cancel_on_logout
+
+    user_id = user.pk
+    transaction.on_commit(lambda: chatkit_sessions_cancel_on_logout(user_id=user_id))

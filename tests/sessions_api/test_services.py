@@ -11,10 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import AnonymousUser
+from django.test import Client
 from django.utils import timezone
 
 from audit.models import SessionAttempt
 from audit.services import session_attempt_record
+from broker.redis_breaker import redis_breaker
 from sessions_api import client, errors
 from sessions_api.identity import ChatKitIdentity, user_ref_for_user
 from sessions_api.services import (
@@ -497,6 +499,57 @@ def test_cancel_raises_any_other_upstream_error(upstream, user, settings):
     assert caught.value.status_code == 401
     [session] = upstream.state.sessions.values()
     assert session["status"] == "active"
+
+
+def test_a_logout_whose_cancel_cannot_be_queued_cancels_inline(
+    upstream, user, django_capture_on_commit_callbacks, caplog
+):
+    create(user=user, identity=identity_of(user))
+    redis_breaker.failed("test: the queue is down")  # publishing is skipped for a while
+    client_ = Client()
+    client_.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client_.logout()
+
+    [session] = upstream.state.sessions.values()
+    assert session["status"] == "cancelled"
+    assert "Could not enqueue sessions_api.tasks.chatkit_sessions_cancel_for_user" in caplog.text
+
+
+def test_a_logout_that_can_neither_queue_nor_cancel_says_so(
+    upstream, user, settings, django_capture_on_commit_callbacks, caplog
+):
+    create(user=user, identity=identity_of(user))
+    redis_breaker.failed("test: the queue is down")
+    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens: refused at once
+    client_ = Client()
+    client_.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client_.logout()  # the logout itself succeeds
+
+    assert "_auth_user_id" not in client_.session
+    [session] = upstream.state.sessions.values()
+    assert session["status"] == "active"
+    assert f"Could not cancel the sessions of user {user.pk} at logout" in caplog.text
+
+
+def test_a_logout_with_the_queue_up_cancels_nothing_inline(
+    upstream, user, django_capture_on_commit_callbacks, monkeypatch
+):
+    create(user=user, identity=identity_of(user))
+    queued = []
+    monkeypatch.setattr("celery_app.publish_safely", lambda task, **kw: queued.append(kw) or True)
+    client_ = Client()
+    client_.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client_.logout()
+
+    assert queued == [{"user_id": user.pk}]
+    [session] = upstream.state.sessions.values()
+    assert session["status"] == "active"  # the worker will cancel it
 
 
 def test_a_request_has_one_row_however_often_it_is_refused():
