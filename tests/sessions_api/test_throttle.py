@@ -114,6 +114,38 @@ def test_logged_in_users_are_counted_per_user(upstream, settings, django_user_mo
     assert statuses(second, 1) == [200]
 
 
+def test_each_kind_of_caller_has_its_own_counter_under_a_documented_key(
+    upstream, settings, django_user_model, address
+):
+    # Operators look counters up (or clear them) by these keys: throttle_chatkit_<scope>_<hash>.
+    settings.CHATKIT_THROTTLE_USER = settings.CHATKIT_THROTTLE_ANON = "9/min"
+    settings.CHATKIT_THROTTLE_ADDRESS = settings.CHATKIT_THROTTLE_ANON_BUDGET = "9/min"
+    backend = caches["default"]
+    user = django_user_model.objects.create_user(username=f"keys-{address}")
+    budget = Limit("budget", "anonymous", 9, 60).cache_key
+    backend.delete_many([Limit("user", str(user.pk), 9, 60).cache_key, budget])
+    browser = APIClient(REMOTE_ADDR=address)
+    browser.post(URL)  # no cookie yet: counted by address (and in the budget)
+    browser.post(URL)  # with its cookie: counted by browser (and in the budget)
+    member = APIClient(REMOTE_ADDR=address)
+    member.force_login(user)
+    member.post(URL)  # counted by user only
+    anon_ref = SessionAttempt.objects.filter(anonymous=True).last().user_ref
+
+    counters = {
+        "address": Limit("address", address, 9, 60),
+        "browser": Limit("browser", anon_ref, 9, 60),
+        "user": Limit("user", str(user.pk), 9, 60),
+    }
+    assert {scope: backend.get(limit.cache_key) for scope, limit in counters.items()} == {
+        "address": 1,
+        "browser": 1,
+        "user": 1,
+    }
+    assert backend.get(budget) == 2
+    assert counters["address"].cache_key.startswith("throttle_chatkit_address_")
+
+
 def test_300_new_browsers_behind_one_address_are_served_by_default(upstream, settings, address):
     """An office or a carrier's NAT: the defaults serve a burst of new browsers from one address."""
     settings.CHATKIT_THROTTLE_ANON = "30/min"
