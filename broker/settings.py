@@ -185,8 +185,11 @@ CHATKIT_ALLOWED_WORKFLOWS = env.list("CHATKIT_ALLOWED_WORKFLOWS", default=[])
 # How a logged-in user is named to OpenAI: hmac (pseudonymous, default), username or pk.
 CHATKIT_USER_ID_MODE = env.str("CHATKIT_USER_ID_MODE", default="hmac")
 # Key of the HMAC above. Changing it renames every user upstream (their ChatKit history is scoped
-# by that name), so set it once and keep it even when DJANGO_SECRET_KEY rotates.
-CHATKIT_USER_ID_SECRET = env.str("CHATKIT_USER_ID_SECRET", default="") or SECRET_KEY
+# by that name), so set it once and keep it. Outside DEBUG it never falls back to
+# DJANGO_SECRET_KEY, whose rotation would otherwise re-key everyone (a system check says so).
+CHATKIT_USER_ID_SECRET = env.str("CHATKIT_USER_ID_SECRET", default="") or (
+    SECRET_KEY if DEBUG else ""
+)
 CHATKIT_ALLOW_ANONYMOUS = env.bool("CHATKIT_ALLOW_ANONYMOUS", default=True)
 CHATKIT_ANON_COOKIE_NAME = env.str("CHATKIT_ANON_COOKIE_NAME", default="chatkit_anon")
 CHATKIT_ANON_COOKIE_AGE = env.int("CHATKIT_ANON_COOKIE_AGE", default=365 * 24 * 3600)

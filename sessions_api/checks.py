@@ -48,6 +48,16 @@ def chatkit_settings_check(app_configs=None, **kwargs) -> list:
                 id="sessions_api.E004",
             )
         )
+    if settings.CHATKIT_USER_ID_MODE == "hmac" and not settings.CHATKIT_USER_ID_SECRET:
+        messages.append(
+            Warning(
+                "CHATKIT_USER_ID_SECRET is not set: signed-in users cannot be named to OpenAI, "
+                "so their session requests fail. It no longer falls back to DJANGO_SECRET_KEY, "
+                "whose rotation would silently re-key every user's chat history.",
+                hint="Set it to a long random string, once, and keep it (.env.example).",
+                id="sessions_api.W003",
+            )
+        )
     if settings.CHATKIT_USER_ID_MODE not in USER_ID_MODES:
         messages.append(
             Error(

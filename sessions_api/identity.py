@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 
 ANON_COOKIE_SALT = "sessions_api.identity.anon"
@@ -33,6 +34,9 @@ def user_ref_for_user(user) -> str:
         return user.get_username()
     if mode == "pk":
         return str(user.pk)
+    if not settings.CHATKIT_USER_ID_SECRET:
+        # A keyless HMAC would make every user's id guessable: refuse (a check warns at start).
+        raise ImproperlyConfigured("CHATKIT_USER_ID_SECRET is not set.")
     digest = hmac.new(
         settings.CHATKIT_USER_ID_SECRET.encode(), f"user:{user.pk}".encode(), hashlib.sha256
     ).hexdigest()

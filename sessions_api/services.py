@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import DatabaseError, connection
 from django.dispatch import receiver
@@ -147,7 +148,12 @@ class SessionRequest:
 
 
 def _user_ref_or_blank(user) -> str:
-    return user_ref_for_user(user) if user is not None and user.is_authenticated else ""
+    if user is None or not user.is_authenticated:
+        return ""
+    try:
+        return user_ref_for_user(user)
+    except ImproperlyConfigured:  # no CHATKIT_USER_ID_SECRET: the row still names the user
+        return ""
 
 
 def chatkit_session_create(request: SessionRequest) -> SessionGrant:

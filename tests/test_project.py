@@ -33,6 +33,17 @@ def test_production_settings_refuse_to_start_without_a_secret_key():
     assert "DJANGO_SECRET_KEY is not set" in result.stderr
 
 
+@pytest.mark.parametrize(("debug", "falls_back"), [("false", False), ("true", True)])
+def test_the_user_id_secret_follows_the_secret_key_only_in_debug(debug, falls_back):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CHATKIT_"))}
+    env.update(DJANGO_SETTINGS_MODULE="broker.settings", DJANGO_SECRET_KEY="k" * 50,
+               DJANGO_DEBUG=debug, CHATKIT_USER_ID_SECRET="")  # fmt: skip
+    code = "from django.conf import settings; print(repr(settings.CHATKIT_USER_ID_SECRET))"
+    result = run_python("-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (repr("k" * 50) if falls_back else "''")
+
+
 @pytest.mark.django_db
 def test_ci_runs_on_postgresql():
     # CI must exercise the production database; locally SQLite is the zero-setup default.

@@ -34,6 +34,9 @@ def test_a_configured_broker_passes(configured):
         ("CHATKIT_EXPIRES_AFTER_SECONDS", 3600, "sessions_api.E006"),
         ("CHATKIT_THROTTLE_USER", "thirty", "sessions_api.E008"),
         ("CHATKIT_THROTTLE_ANON", "30/fortnight", "sessions_api.E008"),
+        ("CHATKIT_THROTTLE_ADDRESS", "600", "sessions_api.E008"),
+        ("CHATKIT_THROTTLE_ANON_BUDGET", "/min", "sessions_api.E008"),
+        ("CHATKIT_USER_ID_SECRET", "", "sessions_api.W003"),
     ],
 )
 def test_each_misconfiguration_is_reported(configured, setting, value, expected):
@@ -41,6 +44,13 @@ def test_each_misconfiguration_is_reported(configured, setting, value, expected)
     messages = chatkit_settings_check()
     assert ids(messages) == {expected}
     assert all(message.hint or message.msg for message in messages)
+
+
+@pytest.mark.parametrize("mode", ["username", "pk"])
+def test_no_user_id_secret_is_needed_without_the_hmac(configured, mode):
+    configured.CHATKIT_USER_ID_SECRET = ""
+    configured.CHATKIT_USER_ID_MODE = mode
+    assert chatkit_settings_check() == []
 
 
 def test_atomic_requests_is_an_error(configured, monkeypatch):

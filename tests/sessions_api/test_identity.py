@@ -85,6 +85,19 @@ def test_different_users_differ_and_secret_matters(upstream, django_user_model, 
     assert sent_users(upstream)[0] != refs[0]
 
 
+def test_without_a_user_id_secret_signed_in_users_are_refused_not_named_guessably(
+    upstream, user, settings
+):
+    settings.CHATKIT_USER_ID_SECRET = ""
+    client = APIClient()
+    client.force_login(user)
+    response = client.post(URL)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert upstream.state.received() == []
+    assert SessionAttempt.objects.get().outcome == "internal_error"
+
+
 @pytest.mark.parametrize(("mode", "expected"), [("username", "ada"), ("pk", "PK")])
 def test_user_id_mode_can_keep_the_guides_behaviour(upstream, user, settings, mode, expected):
     settings.CHATKIT_USER_ID_MODE = mode
