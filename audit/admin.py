@@ -49,7 +49,13 @@ class SessionAttemptAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["outcome", "status_code", "kind", "anonymous"]
     # Exact matches only: they use the indexes, a substring search would scan the table.
-    search_fields = ["=user_ref", "=session_id", "=upstream_request_id", "=username"]
+    search_fields = [
+        "=request_id",
+        "=user_ref",
+        "=session_id",
+        "=upstream_request_id",
+        "=username",
+    ]
     date_hierarchy = "created_at"
     list_select_related = ["user"]
     show_full_result_count = False

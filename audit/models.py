@@ -128,6 +128,16 @@ class SessionAttempt(models.Model):
     # under a lock that stops every audit write. The database default lets processes of the
     # previous release, which do not know the column, keep writing during a deploy (so does
     # refusal_key's).
+    request_id = models.CharField(
+        "request id",
+        max_length=32,
+        blank=True,
+        default="",
+        db_default="",
+        editable=False,
+        help_text="The id the browser was shown (request_id): random, unlike the row's key, "
+        "which would tell anyone the traffic volume.",
+    )
     requests = models.IntegerField(
         "requests",
         default=1,
@@ -157,6 +167,12 @@ class SessionAttempt(models.Model):
                 fields=["api_error_code", "created_at"], name="audit_attempt_errorcode_idx"
             ),
             models.Index(fields=["user_ref", "created_at"], name="audit_attempt_userref_idx"),
+            # Rows written before the column existed have none: they are left out.
+            models.Index(
+                fields=["request_id"],
+                condition=~models.Q(request_id=""),
+                name="audit_attempt_requestid_idx",
+            ),
         ]
         constraints = [
             # Partial: the rows of throttled refusals only, so other writes never touch it.

@@ -1,4 +1,5 @@
 import functools
+import secrets
 from datetime import datetime
 
 from django.conf import settings
@@ -24,7 +25,7 @@ _COLUMNS = [field for field in SessionAttempt._meta.concrete_fields if not field
 _INSERT_POSTGRESQL = """
     WITH attempt AS (
         INSERT INTO audit_sessionattempt ({columns}) VALUES {rows} {conflict}
-        RETURNING id, created_at
+        RETURNING id, created_at, request_id
     ), pending AS (
         INSERT INTO audit_pendingminute (minute, slot, writes)
         SELECT date_trunc('minute', created_at, 'UTC'), pg_backend_pid() %% {slots}, COUNT(*)
@@ -32,7 +33,7 @@ _INSERT_POSTGRESQL = """
         ON CONFLICT (minute, slot)
         DO UPDATE SET writes = audit_pendingminute.writes + EXCLUDED.writes
     )
-    SELECT id FROM attempt ORDER BY id
+    SELECT {returned} FROM attempt ORDER BY id
 """
 
 
@@ -49,23 +50,32 @@ def _insert_sql_postgresql(rows: int, *, refusal: bool = False) -> str:
         columns=", ".join(connection.ops.quote_name(field.column) for field in _COLUMNS),
         rows=", ".join([values] * rows),
         conflict=_COUNT_REFUSAL if refusal else "",
+        # A refusal counted on an earlier row answers with that row's request id.
+        returned="id, request_id" if refusal else "id",
         slots=PENDING_SLOTS,
     )
 
 
-def attempts_insert(attempts: list[SessionAttempt], *, refusal: bool = False) -> list[int]:
-    """Insert rows (and mark their minutes) in one statement on PostgreSQL; their ids, in order.
+def attempts_insert(attempts: list[SessionAttempt]) -> list[int]:
+    """Insert rows (and mark their minutes) in one statement on PostgreSQL; their ids, in order."""
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql_postgresql(len(attempts)), _params(attempts))
+        return [attempt_id for (attempt_id,) in cursor.fetchall()]
 
-    With refusal, one row whose refusal_key may already have its row, counted there instead.
-    """
-    params = [
+
+def _refusal_insert(attempt: SessionAttempt) -> None:
+    """One refusal row, or a count on the row of its caller's earlier refusal this minute."""
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql_postgresql(1, refusal=True), _params([attempt]))
+        [(attempt.pk, attempt.request_id)] = cursor.fetchall()
+
+
+def _params(attempts: list[SessionAttempt]) -> list:
+    return [
         field.get_db_prep_save(getattr(attempt, field.attname), connection)
         for attempt in attempts
         for field in _COLUMNS
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql_postgresql(len(attempts), refusal=refusal), params)
-        return [attempt_id for (attempt_id,) in cursor.fetchall()]
 
 
 # The process's group-commit writer (audit/writer.py), used when AUDIT_GROUP_COMMIT is on.
@@ -126,6 +136,7 @@ def session_attempt_record(
         latency_ms=latency_ms,
         client_ip=client_ip if settings.CHATKIT_AUDIT_CLIENT_IP else None,
         refusal_key=refusal_key,
+        request_id=f"brk_{secrets.token_hex(12)}",
     )
     if started_at is not None:
         attempt.created_at = started_at
@@ -158,7 +169,7 @@ def _attempt_insert(attempt: SessionAttempt) -> None:
     if connection.vendor == "postgresql":  # pragma: no mutate block
         if attempt.refusal_key:
             # Alone: two refusals of one caller in one statement would conflict with each other.
-            [attempt.pk] = attempts_insert([attempt], refusal=True)
+            _refusal_insert(attempt)
         elif settings.AUDIT_GROUP_COMMIT:
             _writer.write(attempt)
         else:
@@ -168,8 +179,9 @@ def _attempt_insert(attempt: SessionAttempt) -> None:
     # the statements cannot interleave with an aggregation run, nor two refusals of one caller.
     with transaction.atomic():
         counted = SessionAttempt.objects.filter(refusal_key=attempt.refusal_key)
-        if attempt.refusal_key and (earlier := counted.values_list("pk", "created_at").first()):
-            attempt.pk, attempt.created_at = earlier
+        fields = ("pk", "created_at", "request_id")
+        if attempt.refusal_key and (earlier := counted.values_list(*fields).first()):
+            attempt.pk, attempt.created_at, attempt.request_id = earlier
             counted.update(requests=models.F("requests") + 1)
         else:
             attempt.save(force_insert=True)

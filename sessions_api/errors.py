@@ -1,7 +1,7 @@
 """One error vocabulary for the API, and the DRF exception handler that renders it.
 
 Every error leaves as `{"error": {"code", "message", "request_id"}}`, where request_id is the
-audit row of the attempt (null when nothing was recorded, e.g. a wrong method).
+audit row's opaque id (`brk_…`; null when nothing was recorded, e.g. a wrong method).
 """
 
 import logging
@@ -23,7 +23,7 @@ class ApplicationError(Exception):
         self,
         message: str | None = None,
         *,
-        request_id: int | None = None,
+        request_id: str | None = None,
         retry_after: int | None = None,
         debug_detail: str = "",
         refusal_key: str = "",

@@ -100,6 +100,7 @@ class SessionRequest:
     refresh: bool = False
     started_at: datetime = field(default_factory=timezone.now)
     attempt_id: int | None = None
+    request_id: str | None = None  # the row's opaque id, which the browser is shown
     # Set once the row is written, or once writing it failed in the database: never a second.
     recorded: bool = False
 
@@ -129,7 +130,7 @@ class SessionRequest:
             self.recorded = True
             logger.error("Could not write the audit row of a %s attempt: %s", outcome, exc)
             raise errors.AuditUnavailable() from exc
-        self.recorded, self.attempt_id = True, attempt.id
+        self.recorded, self.attempt_id, self.request_id = True, attempt.id, attempt.request_id
         return attempt.id
 
     def refuse(
@@ -143,7 +144,7 @@ class SessionRequest:
                 error_message=message or error.message,
                 refusal_key=error.refusal_key,
             )
-        error.request_id = self.attempt_id
+        error.request_id = self.request_id
         return error
 
 
@@ -215,7 +216,7 @@ def chatkit_session_create(request: SessionRequest) -> SessionGrant:
             attempts=exc.attempts,
             latency_ms=exc.latency_ms,
         )
-        error.request_id = request.attempt_id
+        error.request_id = request.request_id
         raise error from exc
 
     breaker.succeeded()

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from django.db import OperationalError, connection
@@ -47,6 +48,17 @@ def test_success_returns_secret_and_expiry_and_audits(api_client, upstream):
     assert attempt.expires_at.timestamp() == session["expires_at"]
     assert attempt.anonymous is True
     assert attempt.user_ref == session["user"]
+
+
+def test_the_request_id_shown_is_random_not_the_rows_key(api_client, upstream):
+    upstream.state.push_faults([{"status": 500}] * 6)
+    ids = [error_of(post(api_client))["request_id"] for _ in range(2)]
+
+    rows = SessionAttempt.objects.order_by("id")
+    assert ids == [row.request_id for row in rows]
+    # Two in a row share nothing a caller could count on: not the key, not a sequence.
+    assert all(re.fullmatch(r"brk_[0-9a-f]{24}", request_id) for request_id in ids)
+    assert not set(ids) & {str(row.pk) for row in rows}
 
 
 def test_upstream_receives_key_beta_header_workflow_and_user(api_client, upstream, settings):
@@ -127,7 +139,7 @@ def test_error_table(
     error = error_of(response)
     assert error["code"] == code
     attempt = only_attempt()
-    assert error["request_id"] == attempt.id
+    assert error["request_id"] == attempt.request_id
     assert attempt.outcome == outcome
     assert attempt.api_error_code == code
     assert attempt.status_code == upstream_status
@@ -224,7 +236,7 @@ def test_bad_input_gets_json_error_and_audit_row(
     assert error["code"] == code
     assert error["message"]
     attempt = only_attempt()
-    assert error["request_id"] == attempt.id
+    assert error["request_id"] == attempt.request_id
     assert attempt.outcome == "rejected"
     assert attempt.api_error_code == code
     assert upstream.state.received() == []
@@ -302,7 +314,7 @@ def test_a_bug_after_the_mint_cancels_the_session_and_leaves_a_row(
     assert error["code"] == "internal_error"
     attempt = only_attempt()
     assert (error["request_id"], attempt.outcome, attempt.api_error_code) == (
-        attempt.id,
+        attempt.request_id,
         "internal_error",
         "internal_error",
     )

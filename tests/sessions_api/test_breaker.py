@@ -147,7 +147,7 @@ def test_a_5xx_storm_opens_it_and_then_we_answer_at_once_without_calling(api_cli
     error = refused.json()["error"]
     assert error["code"] == "upstream_unavailable"
     assert len(storm.state.received()) == 3  # no fourth call
-    row = SessionAttempt.objects.get(pk=error["request_id"])
+    row = SessionAttempt.objects.get(request_id=error["request_id"])
     assert (row.outcome, row.api_error_code, row.status_code, row.attempts) == (
         "circuit_open",
         "upstream_unavailable",

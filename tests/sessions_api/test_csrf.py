@@ -15,7 +15,7 @@ def test_logged_in_post_without_csrf_token_is_refused_and_audited(logged_in_clie
     assert error["code"] == "csrf_failed"
     assert upstream.state.received() == []
     attempt = SessionAttempt.objects.get()
-    assert error["request_id"] == attempt.id
+    assert error["request_id"] == attempt.request_id
     assert (attempt.outcome, attempt.api_error_code, attempt.user) == (
         "rejected",
         "csrf_failed",

@@ -54,7 +54,7 @@ def create(**kwargs) -> SessionGrant:
 def refuse(error: errors.ApplicationError, **kwargs) -> SessionAttempt:
     assert SessionRequest(**kwargs).refuse(error) is error
     attempt = only_attempt()
-    assert error.request_id == attempt.id
+    assert error.request_id == attempt.request_id
     return attempt
 
 
@@ -218,7 +218,7 @@ def test_a_workflow_not_allowed_is_refused_and_recorded_without_an_upstream_call
         create(workflow_id="wf_somebody_elses", refresh=True, client_ip=CLIENT_IP)
 
     attempt = only_attempt()
-    assert caught.value.request_id == attempt.id
+    assert caught.value.request_id == attempt.request_id
     assert (attempt.outcome, attempt.kind, attempt.api_error_code) == (
         "rejected",
         "refresh",
@@ -248,7 +248,7 @@ def test_missing_configuration_is_recorded_by_name(upstream, settings, key, work
         create()
 
     attempt = only_attempt()
-    assert caught.value.request_id == attempt.id
+    assert caught.value.request_id == attempt.request_id
     assert (attempt.outcome, attempt.api_error_code) == ("not_configured", "not_configured")
     assert attempt.error_message == f"Not set on the server: {missing}."
     assert (attempt.kind, attempt.workflow_id, attempt.user_ref) == (
@@ -380,7 +380,7 @@ def test_each_upstream_failure_maps_to_one_error_and_one_row(
     error, attempt = caught.value, only_attempt()
     assert type(error) is error_class
     assert isinstance(error.__cause__, client.UpstreamError)
-    assert error.request_id == attempt.id
+    assert error.request_id == attempt.request_id
     assert (attempt.outcome, attempt.status_code, attempt.attempts) == (outcome, status, attempts)
     assert attempt.api_error_code == error.code
     assert attempt.error_message
@@ -558,7 +558,7 @@ def test_a_request_has_one_row_however_often_it_is_refused():
     second = request.refuse(errors.CsrfFailed())
 
     attempt = only_attempt()
-    assert first.request_id == second.request_id == attempt.id
+    assert first.request_id == second.request_id == attempt.request_id
     assert attempt.api_error_code == "invalid_request"
     with pytest.raises(RuntimeError, match=r"^This request already has its audit row\.$"):
         request.record("success")

@@ -58,7 +58,7 @@ def test_a_browser_with_its_cookie_is_counted_by_the_cookie(upstream, settings, 
     error = refused.json()["error"]
     assert error["code"] == "rate_limited"
     assert 59 <= int(refused["Retry-After"]) <= 60  # the window began with its first request
-    row = SessionAttempt.objects.get(pk=error["request_id"])
+    row = SessionAttempt.objects.get(request_id=error["request_id"])
     assert (row.outcome, row.api_error_code) == ("rejected", "rate_limited")
     # Named by its cookie, as its sessions were.
     assert row.user_ref == SessionAttempt.objects.filter(outcome="success").last().user_ref
@@ -189,7 +189,7 @@ def test_a_spent_anonymous_budget_refuses_signed_out_callers_and_alerts(
     # Both refusals share the minute's one row, which counts them.
     [row] = SessionAttempt.objects.filter(api_error_code="anonymous_budget_spent")
     assert row.requests == 2
-    assert {answer.json()["error"]["request_id"] for answer in answers[3:]} == {row.pk}
+    assert {answer.json()["error"]["request_id"] for answer in answers[3:]} == {row.request_id}
 
     alerts_evaluate()
     alert = Alert.objects.get(rule="anonymous_budget")
