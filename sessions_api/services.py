@@ -109,11 +109,6 @@ class SessionRequest:
             raise RuntimeError("This request already has its audit row.")
         logged_in = self.user is not None and self.user.is_authenticated
         identity = self.identity
-        workflow_id = self.workflow_id
-        if workflow_id and workflow_id not in allowed_workflows():
-            message = fields.pop("error_message", "")
-            fields["error_message"] = f"{message} (workflow_id: {workflow_id})".lstrip()
-            workflow_id = REFUSED_WORKFLOW
         try:
             attempt = session_attempt_record(
                 outcome=outcome,
@@ -121,7 +116,7 @@ class SessionRequest:
                 user=self.user,
                 user_ref=identity.user_ref if identity else _user_ref_or_blank(self.user),
                 anonymous=identity.anonymous if identity else not logged_in,
-                workflow_id=workflow_id,
+                workflow_id=self.workflow_id,
                 started_at=self.started_at,
                 client_ip=self.client_ip,
                 **fields,
@@ -138,10 +133,15 @@ class SessionRequest:
     ) -> errors.ApplicationError:
         """Record this request as refused with `error`, unless it has its row; return the error."""
         if not self.recorded:
+            message = message or error.message
+            if self.workflow_id and self.workflow_id not in allowed_workflows():
+                # Only refusals can name a workflow we do not serve: the rest were checked.
+                message = f"{message} (workflow_id: {self.workflow_id})"
+                self.workflow_id = REFUSED_WORKFLOW
             self.record(
                 outcome,
                 api_error_code=error.code,
-                error_message=message or error.message,
+                error_message=message,
                 refusal_key=error.refusal_key,
             )
         error.request_id = self.request_id
