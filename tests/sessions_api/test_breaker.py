@@ -158,6 +158,13 @@ def test_a_5xx_storm_opens_it_and_then_we_answer_at_once_without_calling(api_cli
 
 
 @pytest.mark.django_db
+def test_an_unreachable_upstream_opens_it_too(api_client, storm, settings):
+    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens: refused at once
+    assert [api_client.post(URL).status_code for _ in range(4)] == [502, 502, 502, 503]
+    assert SessionAttempt.objects.order_by("-id")[0].outcome == "circuit_open"
+
+
+@pytest.mark.django_db
 def test_4xx_answers_never_open_it(api_client, storm):
     storm.state.push_faults([{"status": 401}] * 3 + [{"status": 500}] * 2)
     statuses = [api_client.post(URL).status_code for _ in range(6)]

@@ -95,7 +95,8 @@ def test_without_a_user_id_secret_signed_in_users_are_refused_not_named_guessabl
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal_error"
     assert upstream.state.received() == []
-    assert SessionAttempt.objects.get().outcome == "internal_error"
+    row = SessionAttempt.objects.get()
+    assert (row.outcome, row.user, row.user_ref) == ("internal_error", user, "")
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("username", "ada"), ("pk", "PK")])

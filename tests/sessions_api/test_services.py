@@ -5,6 +5,9 @@ needed that the emulator does not give), as everywhere else in the suite.
 """
 
 import json
+import socket
+import threading
+import time
 import warnings
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -517,12 +520,33 @@ def test_a_logout_whose_cancel_cannot_be_queued_cancels_inline(
     assert "Could not enqueue sessions_api.tasks.chatkit_sessions_cancel_for_user" in caplog.text
 
 
+@pytest.fixture
+def closing_upstream():
+    """An upstream that accepts each connection and closes it at once; yields (its base URL, the
+    connections it accepted)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:  # closed at the end of the test
+                return
+            accepted.append(1)
+            connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/v1", accepted
+    server.close()
+
+
 def test_a_logout_that_can_neither_queue_nor_cancel_says_so(
-    upstream, user, settings, django_capture_on_commit_callbacks, caplog
+    upstream, user, settings, django_capture_on_commit_callbacks, caplog, closing_upstream
 ):
     create(user=user, identity=identity_of(user))
     redis_breaker.failed("test: the queue is down")
-    settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens: refused at once
+    settings.OPENAI_BASE_URL, accepted = closing_upstream  # the upstream breaks after the mint
     client_ = Client()
     client_.force_login(user)
 
@@ -532,7 +556,32 @@ def test_a_logout_that_can_neither_queue_nor_cancel_says_so(
     assert "_auth_user_id" not in client_.session
     [session] = upstream.state.sessions.values()
     assert session["status"] == "active"
-    assert f"Could not cancel the sessions of user {user.pk} at logout" in caplog.text
+    assert len(accepted) == 1  # one call, no retry: the logout does not wait for backoffs
+    [logged] = [r.getMessage() for r in caplog.records if "at logout" in r.getMessage()]
+    assert logged.startswith(
+        f"Could not cancel the sessions of user {user.pk} at logout; they live until they "
+        "expire: UpstreamNetworkError"
+    )
+
+
+def test_an_inline_cancel_gives_each_call_two_seconds(
+    upstream, user, settings, django_capture_on_commit_callbacks
+):
+    create(user=user, identity=identity_of(user))
+    redis_breaker.failed("test: the queue is down")
+    # The production budget: 8 s to read, 10 s a call, two retries.
+    settings.CHATKIT_READ_TIMEOUT, settings.CHATKIT_TOTAL_TIMEOUT = 8.0, 10.0
+    settings.CHATKIT_MAX_RETRIES = 2
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        settings.OPENAI_BASE_URL = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        client_ = Client()
+        client_.force_login(user)
+        started = time.monotonic()
+        with django_capture_on_commit_callbacks(execute=True):
+            client_.logout()
+        waited = time.monotonic() - started
+    # The logout's own budget ends it, not the 8 s read timeout of a session request.
+    assert 1.5 < waited < 4
 
 
 def test_a_logout_with_the_queue_up_cancels_nothing_inline(
