@@ -288,6 +288,7 @@ def server_env(
         **base,
         "DJANGO_SETTINGS_MODULE": "broker.settings",
         "DJANGO_SECRET_KEY": "bench-only-not-a-secret-" + "x" * 30,
+        "CHATKIT_USER_ID_SECRET": "bench-only-user-id-secret",
         "DJANGO_LOG_LEVEL": "WARNING",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
