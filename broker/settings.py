@@ -84,6 +84,8 @@ DATABASES = {
 # Never wrap requests in a transaction: a failing request would roll back the audit row of the
 # failed attempt, which is exactly the row operators need (a system check enforces this).
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
+# SQLite with DEBUG off is refused by a system check unless this says it is on purpose.
+ALLOW_SQLITE = env.bool("DJANGO_ALLOW_SQLITE", default=False)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # gunicorn threads and the Celery worker write concurrently: WAL plus a busy timeout and
     # IMMEDIATE transactions keep SQLite from answering "database is locked".

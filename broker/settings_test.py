@@ -23,6 +23,8 @@ CHATKIT_USER_ID_SECRET = "tests-only-user-id-secret"
 CHATKIT_THROTTLE_USER = ""
 CHATKIT_THROTTLE_ANON = ""
 CHATKIT_THROTTLE_ADDRESS = ""
+# Locally the suite runs on SQLite with DEBUG off, on purpose (CI runs it on PostgreSQL).
+ALLOW_SQLITE = True
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

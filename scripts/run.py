@@ -1,5 +1,8 @@
 """`make run`: migrate, create a demo admin, then run web, worker, beat (and the emulator).
 
+The demo admin (admin/admin) is made only with DEBUG on and SQLite; DJANGO_SUPERUSER_USERNAME
+and DJANGO_SUPERUSER_PASSWORD name another.
+
 Without OPENAI_API_KEY (in the environment or .env) the local ChatKit emulator is started and
 the broker is pointed at it, so everything works with no key and no network. Ctrl-C stops
 every process this started.
@@ -29,6 +32,17 @@ def manage(*args: str, env: dict, check: bool = True) -> subprocess.CompletedPro
     )
 
 
+def admin_credentials(env: dict) -> tuple[str, str] | None:
+    """The superuser `make run` creates: the one env names, else the demo admin/admin only for
+    a throwaway setup (DEBUG on, SQLite), never on a database someone else may reach."""
+    user, password = env.get("DJANGO_SUPERUSER_USERNAME"), env.get("DJANGO_SUPERUSER_PASSWORD")
+    if user and password:
+        return user, password
+    debug = env.get("DJANGO_DEBUG", "").lower() in ("1", "true", "yes", "on")
+    sqlite = env.get("DATABASE_URL", "sqlite:").startswith("sqlite:")
+    return ("admin", "admin") if debug and sqlite else None
+
+
 def main() -> int:
     environ.Env.read_env(ROOT / ".env", overwrite=False)
     env = dict(os.environ)
@@ -44,10 +58,11 @@ def main() -> int:
 
     manage("migrate", "--noinput", "-v", "0", env=env)
     manage("collectstatic", "--noinput", "-v", "0", env=env)
-    admin_user = env.setdefault("DJANGO_SUPERUSER_USERNAME", "admin")
-    admin_password = env.setdefault("DJANGO_SUPERUSER_PASSWORD", "admin")
-    env.setdefault("DJANGO_SUPERUSER_EMAIL", "admin@example.com")
-    created = manage("createsuperuser", "--noinput", env=env, check=False).returncode == 0
+    admin = admin_credentials(env)
+    if admin:
+        env["DJANGO_SUPERUSER_USERNAME"], env["DJANGO_SUPERUSER_PASSWORD"] = admin
+        env.setdefault("DJANGO_SUPERUSER_EMAIL", "admin@example.com")
+        created = manage("createsuperuser", "--noinput", env=env, check=False).returncode == 0
 
     manager = Manager(Printer(sys.stdout))
     if use_emulator:
@@ -76,7 +91,10 @@ def main() -> int:
     )
 
     upstream = "the local emulator" if use_emulator else env.get("OPENAI_BASE_URL", "OpenAI")
-    credentials = f"{admin_user} / {admin_password}" if created else f"{admin_user} (existing)"
+    if not admin:
+        credentials = "no demo admin: `python manage.py createsuperuser`"
+    else:
+        credentials = f"{admin[0]} / {admin[1]}" if created else f"{admin[0]} (existing)"
     print(
         f"\n  Session endpoint  POST http://127.0.0.1:{port}/api/chatkit/session/\n"
         f"  Admin             http://127.0.0.1:{port}/admin/  ({credentials})\n"

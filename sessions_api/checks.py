@@ -40,6 +40,15 @@ def chatkit_settings_check(app_configs=None, **kwargs) -> list:
                 )
             )
     url = urlsplit(settings.OPENAI_BASE_URL)
+    if url.scheme == "http" and url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        messages.append(
+            Error(
+                f"OPENAI_BASE_URL {settings.OPENAI_BASE_URL!r} is plain http to another host: "
+                "the API key would cross the network in the clear.",
+                hint="Use https://; plain http is for the emulator on this machine only.",
+                id="sessions_api.E009",
+            )
+        )
     if url.scheme not in ("http", "https") or not url.netloc:
         messages.append(
             Error(
@@ -90,6 +99,17 @@ def chatkit_settings_check(app_configs=None, **kwargs) -> list:
                     id="sessions_api.E008",
                 )
             )
+    sqlite = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    if sqlite and not settings.DEBUG and not settings.ALLOW_SQLITE:
+        messages.append(
+            Error(
+                "The database is SQLite while DEBUG is off: one file, one writer at a time, no "
+                "backups or replicas; fine to try the broker, not to run it.",
+                hint="Set DATABASE_URL to PostgreSQL, or DJANGO_ALLOW_SQLITE=true if this is on "
+                "purpose.",
+                id="sessions_api.E010",
+            )
+        )
     if any(db.get("ATOMIC_REQUESTS") for db in settings.DATABASES.values()):
         messages.append(
             Error(

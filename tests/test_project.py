@@ -61,7 +61,12 @@ def test_env_example_as_written_passes_manage_py_check(tmp_path):
             name, _, value = line.partition("=")
             env[name] = value
     env.update(DJANGO_SETTINGS_MODULE="broker.settings", DJANGO_SECRET_KEY="x" * 50)
+    # Its DATABASE_URL is commented out: without one, SQLite with DEBUG off is refused...
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    refused = run_python("manage.py", "check", env=env)
+    assert refused.returncode != 0 and "sessions_api.E010" in refused.stderr
+    # ...and with the PostgreSQL URL it shows, the example passes (check does not connect).
+    env["DATABASE_URL"] = "postgres://broker:secret@127.0.0.1:5432/broker"
     result = run_python("manage.py", "check", env=env)
     assert result.returncode == 0, result.stderr
     assert "sessions_api.W001" in result.stderr  # no key in the example: warned, not fatal

@@ -30,6 +30,8 @@ def test_a_configured_broker_passes(configured):
         ("CHATKIT_ALLOWED_WORKFLOWS", ["wf_ok", "workflow-2"], "sessions_api.E003"),
         ("OPENAI_BASE_URL", "ftp://api.openai.com/v1", "sessions_api.E004"),
         ("OPENAI_BASE_URL", "api.openai.com/v1", "sessions_api.E004"),
+        ("OPENAI_BASE_URL", "http://api.openai.com/v1", "sessions_api.E009"),
+        ("OPENAI_BASE_URL", "http://10.0.0.5:8765/v1", "sessions_api.E009"),
         ("CHATKIT_USER_ID_MODE", "email", "sessions_api.E005"),
         ("CHATKIT_EXPIRES_AFTER_SECONDS", 3600, "sessions_api.E006"),
         ("CHATKIT_THROTTLE_USER", "thirty", "sessions_api.E008"),
@@ -51,6 +53,26 @@ def test_no_user_id_secret_is_needed_without_the_hmac(configured, mode):
     configured.CHATKIT_USER_ID_SECRET = ""
     configured.CHATKIT_USER_ID_MODE = mode
     assert chatkit_settings_check() == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8765/v1", "http://localhost:8765/v1", "http://[::1]:8765/v1"]
+)
+def test_plain_http_is_fine_for_an_emulator_on_this_machine(configured, url):
+    configured.OPENAI_BASE_URL = url
+    assert chatkit_settings_check() == []
+
+
+@pytest.mark.parametrize(
+    ("debug", "allowed", "refused"),
+    [(False, False, True), (False, True, False), (True, False, False)],
+)
+def test_sqlite_without_debug_is_refused_unless_on_purpose(
+    configured, monkeypatch, debug, allowed, refused
+):
+    monkeypatch.setitem(configured.DATABASES["default"], "ENGINE", "django.db.backends.sqlite3")
+    configured.DEBUG, configured.ALLOW_SQLITE = debug, allowed
+    assert ids(chatkit_settings_check()) == ({"sessions_api.E010"} if refused else set())
 
 
 def test_atomic_requests_is_an_error(configured, monkeypatch):
