@@ -218,6 +218,9 @@ def chatkit_session_create(request: SessionRequest) -> SessionGrant:
         )
         error.request_id = request.request_id
         raise error from exc
+    except BaseException:
+        breaker.failed()  # a bug of ours mid-call: a probe's outcome must never be lost
+        raise
 
     breaker.succeeded()
     try:

@@ -182,3 +182,22 @@ def test_the_probe_after_the_cooldown_closes_it(api_client, storm, settings):
     threading.Event().wait(0.25)
     assert [api_client.post(URL).status_code for _ in range(2)] == [200, 200]
     assert len(storm.state.received()) == 5
+
+
+@pytest.mark.django_db
+def test_a_probe_that_ends_in_a_bug_of_ours_still_ends_the_probe(
+    api_client, storm, settings, monkeypatch
+):
+    settings.CHATKIT_BREAKER_COOLDOWN_SECONDS = 0.2
+    storm.state.push_faults([{"status": 500}] * 3)
+    assert [api_client.post(URL).status_code for _ in range(3)] == [502] * 3
+    threading.Event().wait(0.25)
+    with monkeypatch.context() as patched:
+        patched.setattr("sessions_api.client.ChatKitClient.create_session", _a_bug)
+        assert api_client.post(URL).status_code == 500  # the probe
+    threading.Event().wait(0.25)
+    assert api_client.post(URL).status_code == 200  # a new probe, not refused for ever
+
+
+def _a_bug(*args, **kwargs):
+    raise RuntimeError("a bug in the client")
