@@ -34,6 +34,7 @@ MODULES: dict[str, list[str]] = {
         "tests/sessions_api/test_services.py",
         "tests/sessions_api/test_apis.py",
         "tests/sessions_api/test_breaker.py",
+        "tests/sessions_api/test_identity.py",
     ],
     "redaction.py": ["tests/test_redaction.py"],
     "sessions_api/drf.py": ["tests/sessions_api/test_drf.py", "tests/sessions_api/test_csrf.py"],
