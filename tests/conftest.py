@@ -1,3 +1,4 @@
+import logging
 import os
 import socket
 import time
@@ -33,6 +34,50 @@ def emulator():
     running.stop()
 
 
+class _EveryLogLine(logging.Handler):
+    """Keeps every log line of the run, at every level, whatever the tests do to the loggers."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+_MINTED_SECRETS: set[str] = set()
+_SWEEP = _EveryLogLine()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def canaries_never_leak():
+    """Across the whole run: the canary key and every client secret the emulator minted never
+    appear in a log line that any logger emitted, whatever test wrote it (issue 8's canary
+    sweep). Subprocess servers log to their own files, which their tests read."""
+    yield
+    text = "\n".join(_SWEEP.lines)
+    leaked = [secret for secret in (CANARY_KEY, *_MINTED_SECRETS) if secret in text]
+    assert not leaked, f"{len(leaked)} secrets appear in the run's logs, e.g. {leaked[0][:6]}…"
+
+
+@pytest.fixture(autouse=True)
+def _sweep_attached():
+    # Each test: a test that reconfigures logging (Celery's loader runs django.setup() again,
+    # which replaces the root logger's handlers) must not blind the sweep for the rest.
+    root = logging.getLogger()
+    if _SWEEP not in root.handlers:
+        # First: it must see each record before the redacting filter of settings.LOGGING
+        # rewrites it, so that it finds what the code leaked, not what that filter left.
+        root.handlers.insert(0, _SWEEP)
+    seen = len(_SWEEP.lines)
+    probe = logging.getLogger("tests.canaries")
+    probe.setLevel(logging.INFO)  # whatever level an earlier test left the root logger at
+    probe.info("The canary sweep is watching.")
+    assert len(_SWEEP.lines) == seen + 1, "the canary sweep's handler sees nothing"
+    yield
+
+
 @pytest.fixture
 def upstream(emulator, settings):
     """The emulator, reset, with the broker configured to use it and short timeouts."""
@@ -43,7 +88,9 @@ def upstream(emulator, settings):
     settings.CHATKIT_CONNECT_TIMEOUT = 0.5
     settings.CHATKIT_READ_TIMEOUT = 1.0
     settings.CHATKIT_TOTAL_TIMEOUT = 2.0
-    return emulator
+    yield emulator
+    # Every secret this test minted joins the run's canaries.
+    _MINTED_SECRETS.update(session["client_secret"] for session in emulator.state.sessions.values())
 
 
 @pytest.fixture
