@@ -111,6 +111,7 @@ def main() -> int:
         **os.environ,
         "DATABASE_URL": recreate_database(database_url, BENCH_DB),
         "DJANGO_SECRET_KEY": "bench-only",
+        "DJANGO_SSL_REDIRECT": "false",  # plain http on loopback
         "CHATKIT_THROTTLE_ADDRESS": "",  # every request comes from one address here
         "DJANGO_LOG_LEVEL": "WARNING",
         "OPENAI_API_KEY": "sk-broker-key-the-emulator-refuses-000",

@@ -41,6 +41,7 @@ def main() -> int:
         **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")},
         "DATABASE_URL": recreate_database(database_url, "broker_bench_api"),
         "DJANGO_SECRET_KEY": "bench-only",
+        "DJANGO_SSL_REDIRECT": "false",  # plain http on loopback
         "CHATKIT_THROTTLE_ADDRESS": "",  # every request comes from one address here
         "DJANGO_LOG_LEVEL": "WARNING",
         "OPENAI_API_KEY": "sk-bench-key-0123456789abcdef",

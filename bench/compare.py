@@ -289,6 +289,7 @@ def server_env(
         "DJANGO_SETTINGS_MODULE": "broker.settings",
         "DJANGO_SECRET_KEY": "bench-only-not-a-secret-" + "x" * 30,
         "CHATKIT_USER_ID_SECRET": "bench-only-user-id-secret",
+        "DJANGO_SSL_REDIRECT": "false",  # plain http on loopback
         "DJANGO_LOG_LEVEL": "WARNING",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -56,6 +57,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "broker.urls"
@@ -154,12 +156,38 @@ STORAGES = {
 
 # --- Security -----------------------------------------------------------------------------------
 
+# Production is https only: `manage.py check --deploy --fail-level WARNING` passes with these
+# defaults. Serving plain http on purpose (a TLS terminator that does not say so, a local
+# compose stack) takes DJANGO_SSL_REDIRECT=false; behind a TLS proxy that sets
+# X-Forwarded-Proto, DJANGO_BEHIND_TLS_PROXY=true.
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SSL_REDIRECT", default=not DEBUG)
+# Load balancers and orchestrators probe these over plain http inside their network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz", r"^readyz"]
+# A year, subdomains included, preload-ready: what `check --deploy` asks. Browsers remember it,
+# so lower it (DJANGO_HSTS_SECONDS) while trying https out.
+SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_HSTS_PRELOAD", default=True)
 if env.bool("DJANGO_BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Pages load only what this server serves; nothing may frame them. Inline styles stay allowed:
+# the admin's widgets set some; inline scripts do not.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 # --- Django REST framework ----------------------------------------------------------------------
 

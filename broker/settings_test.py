@@ -25,6 +25,8 @@ CHATKIT_THROTTLE_ANON = ""
 CHATKIT_THROTTLE_ADDRESS = ""
 # Locally the suite runs on SQLite with DEBUG off, on purpose (CI runs it on PostgreSQL).
 ALLOW_SQLITE = True
+# The test client speaks plain http; tests/test_project.py checks the https defaults.
+SECURE_SSL_REDIRECT = False
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

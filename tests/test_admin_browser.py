@@ -66,6 +66,9 @@ def test_operator_reviews_attempts_and_acknowledges_an_alert(
     browser_page, live_server, admin_user, incident
 ):
     page = browser_page
+    # The admin must work under the Content-Security-Policy: nothing of it may be blocked.
+    blocked = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security" in m.text else None)
     page.goto(f"{live_server.url}/admin/login/")
     page.fill("#id_username", "admin")
     page.fill("#id_password", "password")
@@ -87,6 +90,7 @@ def test_operator_reviews_attempts_and_acknowledges_an_alert(
 
     incident.refresh_from_db()
     assert incident.acknowledged_by == "admin"
+    assert blocked == []
     # Under Playwright's greenlets this ORM call got a connection of its own; close it, or it
     # keeps the test database from being dropped at the end of the run.
     connection.close()

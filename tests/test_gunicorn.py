@@ -57,6 +57,7 @@ def gunicorn_running(upstream, log: Path, **overrides: str):
         "CHATKIT_THROTTLE_ANON": "",
         "CHATKIT_THROTTLE_ADDRESS": "",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "DJANGO_SSL_REDIRECT": "false",  # plain http on loopback
         "WEB_CONCURRENCY": "1",
         "DB_POOL_MIN_SIZE": "1",
         "DB_POOL_MAX_SIZE": "2",

@@ -70,3 +70,39 @@ def test_env_example_as_written_passes_manage_py_check(tmp_path):
     result = run_python("manage.py", "check", env=env)
     assert result.returncode == 0, result.stderr
     assert "sessions_api.W001" in result.stderr  # no key in the example: warned, not fatal
+
+
+PRODUCTION = {
+    "DJANGO_SETTINGS_MODULE": "broker.settings",
+    "DJANGO_SECRET_KEY": "production-7Hq2-xW9v-Lm3P-zR8t-Yc4N-bK6d-Qs1F-gJ5e-Ua0X",
+    "DJANGO_ALLOWED_HOSTS": "broker.example.com",
+    "DATABASE_URL": "postgres://broker:secret@db.internal:5432/broker",  # check does not connect
+    "OPENAI_API_KEY": "sk-production-key-0123456789",
+    "OPENAI_WORKFLOW_ID": "wf_production",
+    "CHATKIT_USER_ID_SECRET": "u" * 40,
+}
+
+
+def test_production_settings_pass_the_deploy_check_at_warning_level():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CHATKIT_"))}
+    env.update(PRODUCTION)
+    result = run_python("manage.py", "check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.django_db
+def test_https_is_required_but_health_probes_answer_over_http(client, settings):
+    settings.SECURE_SSL_REDIRECT = True  # the production default; tests speak plain http
+    redirected = client.post("/api/chatkit/session/")
+    assert redirected.status_code == 301
+    assert redirected["Location"].startswith("https://")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_pages_carry_a_content_security_policy(client):
+    policy = client.get("/admin/login/")["Content-Security-Policy"]
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";") if part.strip())
+    assert directives["default-src"] == "'self'"
+    assert directives["script-src"] == "'self'"
+    assert directives["frame-ancestors"] == "'none'"
