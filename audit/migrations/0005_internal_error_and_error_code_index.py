@@ -3,17 +3,7 @@
 from django.conf import settings
 from django.db import migrations, models
 
-
-class AddIndexWithoutBlockingWrites(migrations.AddIndex):
-    """CREATE INDEX CONCURRENTLY on PostgreSQL: the audit table may hold millions of rows, and
-    a plain CREATE INDEX would stop every audit write, so every session, while it builds."""
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor != "postgresql":
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            schema_editor.add_index(model, self.index, concurrently=True)
+from audit.migration_operations import AddIndexWithoutBlockingWrites
 
 
 class Migration(migrations.Migration):

@@ -1,18 +1,7 @@
 from django.conf import settings
 from django.db import migrations, models
 
-
-class AddUniqueIndexWithoutBlockingWrites(migrations.AddConstraint):
-    """CREATE UNIQUE INDEX CONCURRENTLY on PostgreSQL: a plain one would stop every audit write,
-    so every session, while it scans a table of perhaps millions of rows."""
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor != "postgresql":
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            sql = str(self.constraint.create_sql(model, schema_editor))
-            schema_editor.execute(sql.replace("CREATE UNIQUE INDEX", "CREATE UNIQUE INDEX CONCURRENTLY", 1))
+from audit.migration_operations import AddUniqueIndexWithoutBlockingWrites
 
 
 class Migration(migrations.Migration):
