@@ -1,8 +1,7 @@
-from urllib.parse import urlsplit
-
 from django.conf import settings
 from django.core.checks import Error, register
 
+from audit.alerting.notify import webhook_url_valid
 from audit.alerting.rules import alert_rules_resolve
 
 
@@ -12,7 +11,7 @@ def alerting_settings_check(app_configs=None, **kwargs) -> list:
     _, errors = alert_rules_resolve()
     messages += [Error(error, id="audit.E001") for error in errors]
     url = settings.ALERT_WEBHOOK_URL
-    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
+    if url and not webhook_url_valid(url):
         # Never the URL itself: a Slack webhook's path is its secret.
         messages.append(Error("ALERT_WEBHOOK_URL is not an http(s) URL.", id="audit.E002"))
     for address in settings.ALERT_EMAIL_TO:

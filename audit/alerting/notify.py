@@ -197,12 +197,18 @@ class _RedirectRefused(urllib.request.HTTPRedirectHandler):
 _webhook_opener = urllib.request.build_opener(_RedirectRefused)
 
 
+def webhook_url_valid(url: str) -> bool:
+    """http(s) with a host: the only webhooks opened (audit/checks.py refuses the rest)."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 def _send(notification: AlertNotification) -> None:
     payload = notification.payload
     if notification.channel == AlertNotification.Channel.WEBHOOK:
         url = settings.ALERT_WEBHOOK_URL
         # The system check refuses anything else too, but a worker may start without it.
-        if urlsplit(url).scheme not in ("http", "https"):
+        if not webhook_url_valid(url):
             raise ValueError("ALERT_WEBHOOK_URL is not an http(s) URL.")
         request = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
             url,
