@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse
 
 ANON_COOKIE_SALT = "sessions_api.identity.anon"
 USER_ID_MODES = ("hmac", "username", "pk")
+_ANON_IDENTITY = "_chatkit_anon_identity"  # where a request keeps what its cookie said
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,23 @@ def user_ref_for_user(user) -> str:
 
 
 def anon_identity_of(request: HttpRequest) -> ChatKitIdentity | None:
-    """The identity this browser's signed cookie carries, or None without a valid cookie."""
-    anon_id = request.get_signed_cookie(
+    """The identity this browser's signed cookie carries, or None without a valid cookie.
+
+    Read once per request: the throttle asks first, then the view (through DRF's Request,
+    which wraps the same Django request); the cookie's signature is checked once.
+    """
+    django_request = getattr(request, "_request", request)
+    if _ANON_IDENTITY in django_request.__dict__:
+        return django_request.__dict__[_ANON_IDENTITY]
+    anon_id = django_request.get_signed_cookie(
         settings.CHATKIT_ANON_COOKIE_NAME,
         default=None,
         salt=ANON_COOKIE_SALT,
         max_age=settings.CHATKIT_ANON_COOKIE_AGE,
     )
-    return ChatKitIdentity(user_ref=f"anon_{anon_id}", anonymous=True) if anon_id else None
+    identity = ChatKitIdentity(user_ref=f"anon_{anon_id}", anonymous=True) if anon_id else None
+    django_request.__dict__[_ANON_IDENTITY] = identity
+    return identity
 
 
 def identity_resolve(request: HttpRequest) -> ChatKitIdentity:
