@@ -3,6 +3,7 @@ import re
 
 import pytest
 from django.db import OperationalError, connection
+from rest_framework.test import APIClient
 
 from audit import services as audit_services
 from audit.models import SessionAttempt
@@ -436,3 +437,22 @@ def test_a_database_failing_before_the_view_is_a_json_503(logged_in_client, upst
     assert error_of(response)["code"] == "audit_unavailable"
     assert only_attempt().api_error_code == "audit_unavailable"
     assert upstream.state.received() == []
+
+
+@pytest.mark.parametrize(
+    ("proxies", "forwarded", "recorded"),
+    [
+        (0, "198.51.100.1", "192.0.2.10"),  # nobody trusted: the peer's own address
+        (1, "198.51.100.1, 203.0.113.9", "203.0.113.9"),  # the entry our one proxy added
+        (2, "198.51.100.1, 203.0.113.9", "198.51.100.1"),
+        (1, "not-an-address", None),
+    ],
+)
+def test_the_client_ip_recorded_follows_num_proxies(
+    upstream, settings, proxies, forwarded, recorded
+):
+    settings.CHATKIT_AUDIT_CLIENT_IP = True
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": proxies}
+    client = APIClient(REMOTE_ADDR="192.0.2.10")
+    assert client.post(URL, HTTP_X_FORWARDED_FOR=forwarded).status_code == 200
+    assert only_attempt().client_ip == recorded
