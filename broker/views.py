@@ -2,7 +2,6 @@ from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
-from rest_framework.throttling import BaseThrottle
 
 from audit.alerting import SWEEP_HEARTBEAT
 from audit.selectors import heartbeat_status
@@ -68,9 +67,3 @@ def _cache_answers() -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "degraded"
         return False
-
-
-def client_address(request: HttpRequest) -> str:
-    """The caller's address as the API's throttle sees it: X-Forwarded-For is read only as far
-    as DJANGO_NUM_PROXIES says (django-axes keys admin-login lockouts by it)."""
-    return BaseThrottle().get_ident(request)

@@ -17,7 +17,7 @@ from audit.models import SessionAttempt
 from sessions_api import errors
 from sessions_api.identity import anon_cookie_set, anon_identity_of, identity_resolve
 from sessions_api.services import SessionRequest, chatkit_session_create
-from sessions_api.throttle import SessionCreateThrottle
+from sessions_api.throttle import SessionCreateThrottle, client_address
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +32,12 @@ class StrictCharField(serializers.CharField):
 
 
 def client_ip_of(request) -> str | None:
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if forwarded and not api_settings.NUM_PROXIES:
+    if request.META.get("HTTP_X_FORWARDED_FOR") and not api_settings.NUM_PROXIES:
         _warn_forwarded_ignored()
     if not settings.CHATKIT_AUDIT_CLIENT_IP:
         return None
-    address = request.META.get("REMOTE_ADDR", "")
-    if api_settings.NUM_PROXIES and forwarded:
-        hops = [hop.strip() for hop in forwarded.split(",")]
-        address = hops[-min(api_settings.NUM_PROXIES, len(hops))]
     try:
-        return str(ipaddress.ip_address(address))
+        return str(ipaddress.ip_address(client_address(request)))
     except ValueError:
         return None
 
