@@ -448,9 +448,9 @@ def _http_error(
         )
     return UpstreamHTTPError(
         status_code=status,
-        error_type=_str_or_none(err.get("type")),
-        error_code=_str_or_none(err.get("code")),
-        error_param=_str_or_none(err.get("param")),
+        error_type=_error_field(err.get("type"), api_key),
+        error_code=_error_field(err.get("code"), api_key),
+        error_param=_error_field(err.get("param"), api_key),
         error_message=message,
         request_id=request_id,
         retry_after=_retry_after(headers) if status in (429, 503) else None,
@@ -536,6 +536,14 @@ def _int_or_none(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
     return None
+
+
+def _error_field(value: Any, api_key: str) -> str | None:
+    """error.type, .code or .param, cleaned like the message: the error's str() quotes them, so
+    an upstream that echoes the key there would otherwise put it in the log line."""
+    if value is None:
+        return None
+    return clean_text(str(value), limit=_SNIPPET_CHARS, secrets=(api_key,))
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -714,6 +714,22 @@ def test_error_envelope_is_parsed(httpserver, base_url, make_client):
     )
 
 
+def test_error_fields_that_echo_the_key_are_cleaned_like_the_message(
+    httpserver, base_url, make_client
+):
+    # Found by the run-wide canary sweep: str(error) quotes the code, and so did the log line.
+    echoed = {"message": "no", "type": f"t\r\n{API_KEY}", "code": API_KEY, "param": [API_KEY]}
+    expect_create(httpserver).respond_with_json({"error": echoed}, status=401)
+
+    with pytest.raises(UpstreamHTTPError) as caught:
+        make_client(base_url).create_session(workflow_id="wf_abc", user="user-1")
+
+    error = caught.value
+    fields = (error.error_type, error.error_code, error.error_param)
+    assert fields == ("t  [REDACTED]", "[REDACTED]", "['[REDACTED]']")
+    assert API_KEY not in str(error)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
