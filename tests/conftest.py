@@ -13,6 +13,7 @@ from audit.alerting import EVALUATION_PENDING_KEY
 from broker.redis_breaker import redis_breaker
 from celery_app import app
 from sessions_api.emulator import serve_in_thread
+from tests import canaries
 from tests.constants import CANARY_KEY, OTHER_WORKFLOW_ID, WORKFLOW_ID
 
 
@@ -34,31 +35,16 @@ def emulator():
     running.stop()
 
 
-class _EveryLogLine(logging.Handler):
-    """Keeps every log line of the run, at every level, whatever the tests do to the loggers."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-        self.setFormatter(logging.Formatter("%(name)s %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
-_MINTED_SECRETS: set[str] = set()
-_SWEEP = _EveryLogLine()
+canaries.install()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def canaries_never_leak():
-    """Across the whole run: the canary key and every client secret the emulator minted never
-    appear in a log line that any logger emitted, whatever test wrote it (issue 8's canary
-    sweep). Subprocess servers log to their own files, which their tests read."""
+    """Across the whole run, the canaries reach no log line, response, task message or database
+    write (tests/canaries.py), whatever test put them there."""
     yield
-    text = "\n".join(_SWEEP.lines)
-    leaked = [secret for secret in (CANARY_KEY, *_MINTED_SECRETS) if secret in text]
-    assert not leaked, f"{len(leaked)} secrets appear in the run's logs, e.g. {leaked[0][:6]}…"
+    leaks = canaries.leaks()
+    assert not leaks, f"Secrets leaked during the run: distinct canaries per place: {leaks}"
 
 
 @pytest.fixture(autouse=True)
@@ -66,15 +52,15 @@ def _sweep_attached():
     # Each test: a test that reconfigures logging (Celery's loader runs django.setup() again,
     # which replaces the root logger's handlers) must not blind the sweep for the rest.
     root = logging.getLogger()
-    if _SWEEP not in root.handlers:
+    if canaries.LOG_LINES not in root.handlers:
         # First: it must see each record before the redacting filter of settings.LOGGING
         # rewrites it, so that it finds what the code leaked, not what that filter left.
-        root.handlers.insert(0, _SWEEP)
-    seen = len(_SWEEP.lines)
+        root.handlers.insert(0, canaries.LOG_LINES)
+    seen = len(canaries.LOG_LINES.lines)
     probe = logging.getLogger("tests.canaries")
     probe.setLevel(logging.INFO)  # whatever level an earlier test left the root logger at
     probe.info("The canary sweep is watching.")
-    assert len(_SWEEP.lines) == seen + 1, "the canary sweep's handler sees nothing"
+    assert len(canaries.LOG_LINES.lines) == seen + 1, "the canary sweep's handler sees nothing"
     yield
 
 
@@ -90,7 +76,9 @@ def upstream(emulator, settings):
     settings.CHATKIT_TOTAL_TIMEOUT = 2.0
     yield emulator
     # Every secret this test minted joins the run's canaries.
-    _MINTED_SECRETS.update(session["client_secret"] for session in emulator.state.sessions.values())
+    canaries.MINTED_SECRETS.update(
+        session["client_secret"] for session in emulator.state.sessions.values()
+    )
 
 
 @pytest.fixture
