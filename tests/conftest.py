@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
@@ -134,6 +135,16 @@ def unreachable_cache(settings):
     }
 
 
+def suite_database_url() -> str:
+    """The URL of the database this run's tests use (PostgreSQL), for a server or worker
+    process started by a test."""
+    database = settings.DATABASES["default"]
+    return (
+        f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:"
+        f"{database['PORT'] or 5432}/{database['NAME']}"
+    )
+
+
 def wait_for(predicate, *, seconds: float = 15.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -146,8 +157,6 @@ def wait_for(predicate, *, seconds: float = 15.0) -> bool:
 def pytest_sessionfinish(session, exitstatus):
     # A worker thread may still hold the SQLite test database when Django deletes it, which
     # leaves its -wal and -shm files behind; they belong to this run only (the name has our pid).
-    from django.conf import settings
-
     name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
     if name and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         for suffix in ("-wal", "-shm"):

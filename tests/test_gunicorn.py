@@ -22,7 +22,7 @@ from django.db import connection
 from django.test import Client
 
 from audit.models import SessionAttempt
-from tests.conftest import require_service
+from tests.conftest import require_service, suite_database_url
 from tests.constants import CANARY_KEY, WORKFLOW_ID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,17 +38,13 @@ def free_port() -> int:
 @contextlib.contextmanager
 def gunicorn_running(upstream, log: Path, **overrides: str):
     """A gunicorn worker with a pool of two connections; yields its base URL."""
-    database = settings.DATABASES["default"]
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CHATKIT_"))},
         "DJANGO_SETTINGS_MODULE": "broker.settings",
         "DJANGO_SECRET_KEY": settings.SECRET_KEY,
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-        "DATABASE_URL": (
-            f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:"
-            f"{database['PORT'] or 5432}/{database['NAME']}"
-        ),
+        "DATABASE_URL": suite_database_url(),
         "OPENAI_API_KEY": CANARY_KEY,
         "OPENAI_WORKFLOW_ID": WORKFLOW_ID,
         "OPENAI_BASE_URL": upstream.base_url,
