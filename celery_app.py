@@ -52,9 +52,11 @@ class Scheduler(PersistentScheduler):
         super().setup_schedule()
 
 
-def publish_safely(task, **kwargs) -> bool:
-    """Publish `task` with JSON kwargs now; on a broker outage log it and return False.
+def publish_safely(task_name: str, **kwargs) -> bool:
+    """Publish the task named `task_name` with JSON kwargs now; on a broker outage log it and
+    return False.
 
+    By name, so that the services that publish never import the tasks module that imports them.
     It must never fail the web request that caused it: the database stays the source of truth
     and the periodic sweep catches up. After a failure, the process does not even try for a few
     seconds, so a silent broker costs one request a timeout, not every request.
@@ -62,19 +64,19 @@ def publish_safely(task, **kwargs) -> bool:
     from broker.redis_breaker import redis_breaker  # the broker package imports this module
 
     if not redis_breaker.available():
-        logger.warning("Could not enqueue %s: Redis is paused after a failure.", task.name)
+        logger.warning("Could not enqueue %s: Redis is paused after a failure.", task_name)
         return False
     try:
-        task.apply_async(kwargs=kwargs)
+        app.send_task(task_name, kwargs=kwargs)
     except Exception as exc:  # noqa: BLE001 - any broker failure, by design
-        logger.warning("Could not enqueue %s; the next sweep will catch up.", task.name)
+        logger.warning("Could not enqueue %s; the next sweep will catch up.", task_name)
         redis_breaker.failed(f"enqueue: {type(exc).__name__}")
         return False
     return True
 
 
-def enqueue_on_commit(task, **kwargs) -> None:
+def enqueue_on_commit(task_name: str, **kwargs) -> None:
     """Publish once the current transaction commits, so the worker sees committed rows."""
     from django.db import transaction
 
-    transaction.on_commit(lambda: publish_safely(task, **kwargs))
+    transaction.on_commit(lambda: publish_safely(task_name, **kwargs))

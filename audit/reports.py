@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import Alert, AttemptMinuteStat, ErrorReport, SessionAttempt
-from audit.stats import attempt_stats_aggregate
+from audit.stats import minutes_pending
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,12 @@ MAX_ALERTS_LISTED = 50
 EMAIL_RETRY_FOR = timedelta(hours=24)
 SUCCESS = SessionAttempt.Outcome.SUCCESS
 ALERT_FIELDS = ("id", "rule", "severity", "status_code", "workflow_id", "count", "state")
+
+
+MINUTES_PENDING_NOTE = (
+    "Incomplete: {:,} minute(s) of this period are not in the statistics yet (the aggregation "
+    "task is behind, or was not running); their attempts are missing from the counts above."
+)
 
 
 def error_report_period(*, period: str, end: datetime) -> tuple[datetime, datetime]:
@@ -48,7 +54,6 @@ def error_report_build(*, since: datetime, until: datetime) -> dict:
     messages were redacted when they were recorded.
     """
     since, until = _minute(since), _minute(until)
-    attempt_stats_aggregate()
     stats = AttemptMinuteStat.objects.filter(minute__gte=since, minute__lt=until)
     errors = stats.exclude(outcome=SUCCESS)
     current = _totals(since, until)
@@ -71,6 +76,7 @@ def error_report_build(*, since: datetime, until: datetime) -> dict:
         ],
         "top_error_messages": _top_messages(since, until),
         "latency_ms": _latency_percentiles(since, until),
+        "minutes_not_aggregated": minutes_pending(since=since, until=until),
         "alerts_fired": alerts.count(),
         "alerts": [
             {**alert, "first_seen": alert["first_seen"].isoformat()}
@@ -246,6 +252,8 @@ def error_report_render_text(data: dict, *, admin_url: str = "") -> str:
             for alert in data["alerts"]
         ],
     )
+    if data.get("minutes_not_aggregated"):
+        lines += ["", MINUTES_PENDING_NOTE.format(data["minutes_not_aggregated"])]
     if admin_url:
         lines += ["", f"In the admin: {admin_url}"]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import connection, models, transaction
 from django.utils import timezone
 
+from audit.alerting.coalesce import alerts_evaluation_request
 from audit.models import Heartbeat, PendingMinute, SessionAttempt
 from audit.writer import GroupWriter
 from redaction import clean_text
@@ -146,8 +147,6 @@ def session_attempt_record(
     _refuse_outer_transaction()
     _attempt_insert(attempt)
     if outcome != SessionAttempt.Outcome.SUCCESS:
-        from audit.alerting import alerts_evaluation_request
-
         alerts_evaluation_request()
     return attempt
 

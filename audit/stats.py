@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Max, Sum
 from django.db.models.functions import TruncDay, TruncHour
 
-from audit.models import AttemptMinuteStat
+from audit.models import AttemptMinuteStat, PendingMinute
 
 # pg_advisory_xact_lock key shared by the aggregator and the pruner ("audit st" in ASCII).
 AGGREGATION_LOCK_KEY = 0x6175646974207374
@@ -116,6 +116,12 @@ def attempt_stats_aggregate(*, batch_minutes: int = 1440) -> int:
         folded += sum(claimed.values())
         if len(claimed) < batch_minutes:
             return folded
+
+
+def minutes_pending(*, since: datetime, until: datetime) -> int:
+    """Minutes of [since, until) with audit rows not yet folded into the statistics: readers
+    (reports, commands) say so rather than fold them themselves, which is the task's job."""
+    return PendingMinute.objects.filter(minute__gte=since, minute__lt=until).count()
 
 
 def _pending_claim(cursor, batch_minutes: int) -> dict:

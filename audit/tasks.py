@@ -1,35 +1,43 @@
-"""Celery tasks: thin, idempotent wrappers that take primitives and call a service."""
+"""Celery tasks: thin, idempotent wrappers that take primitives and call a service.
+
+Task names are verbs (`evaluate_alerts`), services are named after what they act on
+(`alerts_evaluate`), so the two never collide. Services publish tasks by name
+(celery_app.publish_safely), so nothing imports this module but Celery.
+"""
 
 from celery import shared_task
+from django.conf import settings
+
+from audit.alerting.coalesce import evaluation_started
+from audit.alerting.engine import alerts_evaluate
+from audit.alerting.notify import NotificationDeliveryError, notification_deliver
+from audit.alerting.sweep import alerts_sweep
+from audit.reports import error_report_create_and_send
+from audit.retention import audit_prune
+from audit.stats import attempt_stats_aggregate
 
 
 @shared_task(soft_time_limit=120, time_limit=180)
-def attempt_stats_aggregate() -> int:
-    from audit.stats import attempt_stats_aggregate as aggregate
-
-    return aggregate()
-
-
-@shared_task(soft_time_limit=60, time_limit=90)
-def alerts_evaluate() -> None:
-    """Run soon after a failure is audited (coalesced), and by the minute sweep."""
-    from audit.alerting import alerts_evaluate_now
-
-    alerts_evaluate_now()
+def aggregate_stats() -> int:
+    """Every minute: fold newly audited minutes into the per-minute statistics."""
+    return attempt_stats_aggregate()
 
 
 @shared_task(soft_time_limit=60, time_limit=90)
-def alerts_sweep() -> None:
-    """Every minute: catch up on anything an enqueue lost, resolve quiet alerts, redeliver."""
-    from audit.alerting import alerts_sweep as sweep
+def evaluate_alerts() -> None:
+    """Soon after a failure is audited (coalesced: one for a burst)."""
+    evaluation_started()
+    alerts_evaluate()
 
-    sweep()
+
+@shared_task(soft_time_limit=60, time_limit=90)
+def sweep_alerts() -> None:
+    """Every minute: evaluate the rules, redeliver lost notifications, email unsent reports."""
+    alerts_sweep()
 
 
 @shared_task(bind=True, max_retries=8, soft_time_limit=30, time_limit=45)
-def alert_notification_deliver(self, notification_id: int) -> None:
-    from audit.alerting.notify import NotificationDeliveryError, notification_deliver
-
+def deliver_notification(self, notification_id: int) -> None:
     try:
         notification_deliver(notification_id=notification_id)
     except NotificationDeliveryError as exc:
@@ -39,16 +47,10 @@ def alert_notification_deliver(self, notification_id: int) -> None:
 
 
 @shared_task(soft_time_limit=300, time_limit=360)
-def error_report_send() -> int:
-    from audit.reports import error_report_create_and_send
-
+def send_error_report() -> int:
     return error_report_create_and_send().pk
 
 
 @shared_task(soft_time_limit=1800, time_limit=1900)
-def audit_prune() -> int:
-    from django.conf import settings
-
-    from audit.retention import audit_prune as prune
-
-    return prune(older_than_days=settings.AUDIT_RETENTION_DAYS).deleted
+def prune_audit_log() -> int:
+    return audit_prune(older_than_days=settings.AUDIT_RETENTION_DAYS).deleted

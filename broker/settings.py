@@ -349,17 +349,35 @@ _REPORT_CRONTABS = {
 }
 if ERROR_REPORT_PERIOD not in _REPORT_CRONTABS:
     raise ImproperlyConfigured("ERROR_REPORT_PERIOD must be hourly, daily or weekly.")
+# Each entry expires: after a worker outage, beat's backlog must not replay stale runs one
+# after another; the next scheduled run does the work.
 CELERY_BEAT_SCHEDULE = {
-    # Every minute: fold new audit rows into statistics, evaluate alert rules (so an alert fires
-    # even when the enqueue after a failure was lost), resolve quiet alerts, redeliver.
-    "alerts-sweep": {"task": "audit.tasks.alerts_sweep", "schedule": 60.0},
+    # Every minute: fold newly audited minutes into the per-minute statistics.
+    "aggregate-stats": {
+        "task": "audit.tasks.aggregate_stats",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    # Every minute: evaluate alert rules (so an alert fires even when the enqueue after a failure
+    # was lost), resolve quiet alerts, redeliver lost notifications, email unsent reports.
+    "sweep-alerts": {
+        "task": "audit.tasks.sweep_alerts",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     # Just after each period ends (00:15 UTC for daily): build, store and email the error report.
-    "error-report": {
-        "task": "audit.tasks.error_report_send",
+    # A report delayed by an hour is still worth sending; one a period late is the next's job.
+    "send-error-report": {
+        "task": "audit.tasks.send_error_report",
         "schedule": crontab(**_REPORT_CRONTABS[ERROR_REPORT_PERIOD]),
+        "options": {"expires": 3600},
     },
     # Daily at 03:30 UTC: delete audit rows older than AUDIT_RETENTION_DAYS, in batches.
-    "audit-prune": {"task": "audit.tasks.audit_prune", "schedule": crontab(minute=30, hour=3)},
+    "prune-audit-log": {
+        "task": "audit.tasks.prune_audit_log",
+        "schedule": crontab(minute=30, hour=3),
+        "options": {"expires": 6 * 3600},
+    },
 }
 
 # --- Cache --------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from audit.alerting import SWEEP_HEARTBEAT
+from audit.alerting.sweep import SWEEP_HEARTBEAT
 from audit.selectors import heartbeat_status
 
 # Beat sends the sweep every minute: five missed in a row means beat or the worker is down.

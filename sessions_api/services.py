@@ -17,6 +17,7 @@ from django.utils import timezone
 from audit.models import SessionAttempt
 from audit.selectors import live_session_ids_for_user
 from audit.services import session_attempt_record
+from celery_app import publish_safely
 from sessions_api import client, errors
 from sessions_api.breaker import CircuitBreaker
 from sessions_api.identity import ChatKitIdentity, user_ref_for_user
@@ -34,6 +35,7 @@ class SessionGrant:
 
 # A logout whose cancel cannot be queued cancels inline: each call gets this long, no retries.
 LOGOUT_CANCEL_SECONDS = 2.0
+CANCEL_TASK = "sessions_api.tasks.chatkit_sessions_cancel_for_user"
 
 
 def _client_config(**overrides) -> client.ClientConfig:
@@ -321,10 +323,7 @@ def chatkit_sessions_cancel_on_logout(*, user_id: int) -> None:
     Inline, each call has LOGOUT_CANCEL_SECONDS and no retry, so a logout waits seconds at
     worst; what still fails is logged, and those sessions live until they expire.
     """
-    from celery_app import publish_safely
-    from sessions_api.tasks import chatkit_sessions_cancel_for_user
-
-    if publish_safely(chatkit_sessions_cancel_for_user, user_id=user_id):
+    if publish_safely(CANCEL_TASK, user_id=user_id):
         return
     short = client.ChatKitClient(_client_config(total_timeout=LOGOUT_CANCEL_SECONDS, max_retries=0))
     try:

@@ -1,3 +1,4 @@
+import contextlib
 import logging
 import os
 import socket
@@ -10,7 +11,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from audit.alerting import EVALUATION_PENDING_KEY
+from audit.alerting.coalesce import EVALUATION_PENDING_KEY
 from broker.redis_breaker import redis_breaker
 from celery_app import app
 from sessions_api.emulator import serve_in_thread
@@ -133,6 +134,22 @@ def unreachable_cache(settings):
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }
     }
+
+
+@contextlib.contextmanager
+def broker_at(url: str):
+    """The suite's Celery app publishes to `url` meanwhile, with production's short timeouts."""
+    previous = app.conf.broker_url, app.conf.broker_transport_options
+    app.conf.broker_url = url
+    app.conf.broker_transport_options = settings.REDIS_BROKER_TRANSPORT_OPTIONS
+    # Celery keeps its connection and producer pools for the life of the process; dropping
+    # them (what Celery itself does after a fork) makes the next publish use the new URL.
+    app._after_fork()
+    try:
+        yield
+    finally:
+        app.conf.broker_url, app.conf.broker_transport_options = previous
+        app._after_fork()
 
 
 def suite_database_url() -> str:

@@ -12,10 +12,10 @@ import time_machine
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from audit.models import Alert, AttemptMinuteStat, SessionAttempt
-from audit.tasks import alerts_sweep
+from audit.models import Alert, AttemptMinuteStat, PendingMinute, SessionAttempt
+from audit.tasks import aggregate_stats, sweep_alerts
 from celery_app import app
-from tests.conftest import require_service, wait_for
+from tests.conftest import broker_at, require_service, wait_for
 
 URL = "/api/chatkit/session/"
 
@@ -57,10 +57,10 @@ def test_repeated_401s_fire_once_then_resolve_once(redis_worker, upstream, webho
     # Past the 5-minute window the condition is false; resolution waits for 10 quiet minutes.
     start = timezone.now()
     with time_machine.travel(start + timedelta(minutes=6)):
-        alerts_sweep.delay()
+        sweep_alerts.delay()
         assert wait_for(lambda: Alert.objects.get().condition_false_since is not None)
     with time_machine.travel(start + timedelta(minutes=17)):
-        alerts_sweep.delay()
+        sweep_alerts.delay()
         assert wait_for(lambda: len(webhook_sink.log) >= 2)
         time.sleep(1)
     assert [body["status"] for body in received(webhook_sink)] == ["firing", "resolved"]
@@ -112,7 +112,6 @@ def private_redis(settings):
         pytest.fail("redis-server is not installed")
     redis = PrivateRedis()
     redis.start()
-    previous = app.conf.broker_url
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -120,18 +119,10 @@ def private_redis(settings):
             "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
         }
     }
-    _use_broker(redis.url)
-    yield redis
-    _use_broker(previous)
+    with broker_at(redis.url):
+        yield redis
     if redis.process.poll() is None:
         redis.stop()
-
-
-def _use_broker(url: str) -> None:
-    # Celery keeps its connection and producer pools for the life of the process; dropping
-    # them (what Celery itself does after a fork) makes the next publish use the new URL.
-    app.conf.broker_url = url
-    app._after_fork()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -153,9 +144,11 @@ def test_redis_down_loses_nothing_and_the_sweep_catches_up(
 
         private_redis.start()
         time.sleep(0.6)  # the pause after the last Redis failure is over: this process asks again
-        alerts_sweep.delay()  # what beat sends every minute
+        aggregate_stats.delay()  # what beat sends every minute
+        sweep_alerts.delay()
 
         assert wait_for(lambda: len(webhook_sink.log) >= 1, seconds=40)
+        assert wait_for(lambda: not PendingMinute.objects.exists())
     [firing] = received(webhook_sink)
     assert (firing["status"], firing["count"]) == ("firing", 3)
     buckets = AttemptMinuteStat.objects.all()

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import OperationalError
 from django.utils import timezone
 
-from audit.alerting import SWEEP_HEARTBEAT, alerts_sweep
+from audit.alerting.sweep import SWEEP_HEARTBEAT, alerts_sweep
 from audit.models import AttemptMinuteStat, ErrorReport, Heartbeat, SessionAttempt
 from audit.services import session_attempt_record
 from celery_app import app
@@ -52,11 +52,20 @@ def test_every_scheduled_task_is_registered():
     app.loader.import_default_modules()
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert scheduled == {
-        "audit.tasks.alerts_sweep",
-        "audit.tasks.error_report_send",
-        "audit.tasks.audit_prune",
+        "audit.tasks.aggregate_stats",
+        "audit.tasks.sweep_alerts",
+        "audit.tasks.send_error_report",
+        "audit.tasks.prune_audit_log",
     }
     assert scheduled <= set(app.tasks)
+
+
+def test_every_scheduled_run_expires_before_the_next_is_due():
+    """A backlog after a worker outage must not replay stale runs one after another."""
+    minute = {"aggregate-stats", "sweep-alerts"}
+    for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+        expires = entry["options"]["expires"]
+        assert 0 < expires < (60 if name in minute else 24 * 3600), name
 
 
 @pytest.mark.django_db

@@ -8,9 +8,8 @@ import pytest
 from django.db import connection
 
 from audit.alerting.engine import alerts_evaluate
-from audit.alerting.notify import notification_deliver
+from audit.alerting.notify import DELIVER_TASK, notification_deliver
 from audit.models import AlertNotification, SessionAttempt
-from audit.tasks import alert_notification_deliver
 from celery_app import publish_safely
 from tests import canaries
 from tests.constants import CANARY_KEY
@@ -24,7 +23,7 @@ def test_the_sweep_records_responses_task_messages_and_database_writes(client):
 
     client.get(f"/{probe}")  # a 404 page
     # A notification that does not exist: whichever worker gets it finds nothing to send.
-    assert publish_safely(alert_notification_deliver, notification_id=int(probe))
+    assert publish_safely(DELIVER_TASK, notification_id=int(probe))
     with connection.cursor() as cursor:
         cursor.execute("UPDATE audit_heartbeat SET name = %s WHERE name = %s", [probe, probe])
 

@@ -4,12 +4,10 @@ import logging
 import socket
 
 import pytest
-from celery import Celery
-from django.conf import settings
 from rest_framework.test import APIClient
 
-from celery_app import enqueue_on_commit, publish_safely
-from tests.conftest import wait_for
+from celery_app import app, enqueue_on_commit, publish_safely
+from tests.conftest import broker_at, wait_for
 
 
 @pytest.mark.django_db(transaction=True)
@@ -36,39 +34,33 @@ def test_enqueue_with_a_dead_broker_logs_and_returns(
     kind, caplog, django_capture_on_commit_callbacks
 ):
     server, port = _silent_server() if kind == "silent" else (None, 9)
-    dead = Celery("dead", broker=f"redis://127.0.0.1:{port}/0", set_as_current=False)
-    dead.conf.update(
-        broker_transport_options=settings.REDIS_BROKER_TRANSPORT_OPTIONS,
-        broker_connection_timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT,
-        task_publish_retry_policy=settings.CELERY_TASK_PUBLISH_RETRY_POLICY,
-    )
-
-    @dead.task(name=f"dead_{kind}.noop")
-    def noop() -> None: ...
-
     caplog.set_level(logging.WARNING)
     try:
-        with django_capture_on_commit_callbacks(execute=True) as callbacks:
-            enqueue_on_commit(noop)  # must not raise into the request
-        assert publish_safely(noop) is False
+        with broker_at(f"redis://127.0.0.1:{port}/0"):
+            with django_capture_on_commit_callbacks(execute=True) as callbacks:
+                enqueue_on_commit("audit.tasks.sweep_alerts")  # must not raise into the request
+            assert publish_safely("audit.tasks.sweep_alerts") is False
     finally:
         if server:
             server.close()
     assert len(callbacks) == 1  # published after commit, not before
-    assert caplog.text.count(f"Could not enqueue dead_{kind}.noop") == 2
+    assert caplog.text.count("Could not enqueue audit.tasks.sweep_alerts") == 2
 
 
-def test_publish_safely_puts_the_task_on_a_live_broker():
-    live = Celery("live", broker="memory://", set_as_current=False)
-    # Its own queue: locally the suite's app publishes to the same in-memory transport.
-    live.conf.task_default_queue = "live-test"
-
-    @live.task(name="live.echo")
-    def echo(word: str) -> None: ...
-
-    assert publish_safely(echo, word="hello") is True
-    with live.connection_for_write() as connection:
-        message = connection.SimpleQueue("live-test").get(timeout=2)
-    assert message.headers["task"] == "live.echo"
-    assert message.decode()[1] == {"word": "hello"}  # (args, kwargs, embed)
+def test_publish_safely_puts_the_task_on_the_broker():
+    app.control.purge()
+    assert publish_safely("sessions_api.tasks.chatkit_sessions_cancel_for_user", user_id=7)
+    with app.connection_for_write() as connection:
+        message = connection.SimpleQueue(app.conf.task_default_queue).get(timeout=2)
+    assert message.headers["task"] == "sessions_api.tasks.chatkit_sessions_cancel_for_user"
+    assert message.decode()[1] == {"user_id": 7}  # (args, kwargs, embed)
     message.ack()
+
+
+def test_every_task_published_by_name_is_registered():
+    from audit.alerting.coalesce import EVALUATE_TASK
+    from audit.alerting.notify import DELIVER_TASK
+    from sessions_api.services import CANCEL_TASK
+
+    app.loader.import_default_modules()
+    assert {EVALUATE_TASK, DELIVER_TASK, CANCEL_TASK} <= set(app.tasks)

@@ -22,11 +22,10 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.alerting import EVALUATION_PENDING_KEY
+from audit.alerting.coalesce import EVALUATION_PENDING_KEY
 from audit.models import Alert, AlertNotification, AttemptMinuteStat, PendingMinute
 from audit.stats import attempt_stats_aggregate
-from audit.tasks import alert_notification_deliver, alerts_sweep
-from audit.tasks import attempt_stats_aggregate as attempt_stats_aggregate_task
+from audit.tasks import aggregate_stats, deliver_notification, sweep_alerts
 from celery_app import app
 from tests.conftest import require_service, suite_database_url, wait_for
 from tests.factories import record_attempts
@@ -160,13 +159,13 @@ def test_aggregation_killed_mid_transaction_counts_each_attempt_once(worker):
                     outcome="success")  # fmt: skip
     record_attempts(2, at=start + timedelta(seconds=30), workflow="wf_day")
 
-    attempt_stats_aggregate_task.delay()
+    aggregate_stats.delay()
     kill_while_writing(worker, "audit_attemptminutestat")
     # The dead worker's claim of the minute is rolled back: the mark is there for the next run.
     assert wait_for(lambda: PendingMinute.objects.exists())
 
     worker.start()
-    attempt_stats_aggregate_task.delay()
+    aggregate_stats.delay()
     assert wait_for(lambda: not PendingMinute.objects.exists())
     counted = {
         (stat.outcome, stat.status_code): stat.attempts for stat in AttemptMinuteStat.objects.all()
@@ -187,7 +186,7 @@ def test_evaluation_killed_mid_transaction_fires_once_and_notifies_once(worker, 
 
     worker.start()
     cache.delete(EVALUATION_PENDING_KEY)  # the killed run's coalescing flag; it would expire
-    alerts_sweep.delay()  # what beat sends every minute
+    sweep_alerts.delay()  # what beat sends every minute
     assert wait_for(lambda: len(sink.answered) == 1)
 
     [alert] = Alert.objects.all()
@@ -214,15 +213,15 @@ def test_a_delivery_killed_mid_send_is_sent_again_under_the_same_id_and_then_nev
         created_at=timezone.now() - timedelta(minutes=2),
     )
     worker.start()
-    alerts_sweep.delay()
+    sweep_alerts.delay()
     assert wait_for(lambda: len(sink.answered) == 1)
     webhook.refresh_from_db()
     assert (webhook.status, webhook.attempts) == ("sent", 2)
 
     # The killed worker's own message comes back after Redis's visibility timeout (an hour);
     # played now, like another sweep, it finds the row sent and sends nothing.
-    alert_notification_deliver.delay(notification_id=webhook.pk)
-    alerts_sweep.delay()
+    deliver_notification.delay(notification_id=webhook.pk)
+    sweep_alerts.delay()
     # This worker's tasks: the sweep, the delivery it queued, the replayed one, the sweep.
     assert wait_for(lambda: worker.log().count(" succeeded in ") == 4)
     assert len(sink.received) == 2 and len(sink.answered) == 1

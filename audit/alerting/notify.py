@@ -25,6 +25,8 @@ from celery_app import enqueue_on_commit
 
 logger = logging.getLogger(__name__)
 
+DELIVER_TASK = "audit.tasks.deliver_notification"
+
 # Longer than any single delivery can take (webhook timeout, SMTP), so a claim held by a live
 # worker never expires under it.
 CLAIM_SECONDS = 120
@@ -64,8 +66,6 @@ def notifications_create(
 
     resolved_reason says why a resolved incident closed: "quiet" or "rule_disabled".
     """
-    from audit.tasks import alert_notification_deliver
-
     payload = notification_payload(
         alert, event=event, sequence=sequence, resolved_reason=resolved_reason
     )
@@ -80,7 +80,7 @@ def notifications_create(
         )
         if new:
             created.append(notification)
-            enqueue_on_commit(alert_notification_deliver, notification_id=notification.pk)
+            enqueue_on_commit(DELIVER_TASK, notification_id=notification.pk)
     return created
 
 
@@ -229,8 +229,6 @@ def _send(notification: AlertNotification) -> None:
 
 def notifications_redeliver(*, limit: int = 200) -> int:
     """Queue delivery of pending notifications whose task was lost; returns how many."""
-    from audit.tasks import alert_notification_deliver
-
     now = timezone.now()
     pending = (
         AlertNotification.objects.filter(status=AlertNotification.Status.PENDING)
@@ -240,5 +238,5 @@ def notifications_redeliver(*, limit: int = 200) -> int:
     )
     ids = list(pending)
     for notification_id in ids:
-        enqueue_on_commit(alert_notification_deliver, notification_id=notification_id)
+        enqueue_on_commit(DELIVER_TASK, notification_id=notification_id)
     return len(ids)

@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from audit import alerting
+from audit.alerting import coalesce, sweep
 from audit.alerting.engine import alerts_evaluate, fingerprint
 from audit.alerting.rules import DEFAULT_RULES, AlertRule, alert_rules_resolve
 from audit.checks import alerting_settings_check
@@ -21,7 +21,6 @@ from audit.models import (
     Alert,
     AlertNotification,
     AlertSilence,
-    AttemptMinuteStat,
     ErrorReport,
     Heartbeat,
     SessionAttempt,
@@ -428,42 +427,41 @@ def test_a_burst_of_failures_asks_for_one_evaluation_until_it_starts(
     monkeypatch, django_capture_on_commit_callbacks
 ):
     enqueued = []
-    monkeypatch.setattr(alerting, "publish_safely", lambda task, **kw: enqueued.append(task) or 1)
-    cache.delete(alerting.EVALUATION_PENDING_KEY)
+    monkeypatch.setattr(coalesce, "publish_safely", lambda task, **kw: enqueued.append(task) or 1)
+    cache.delete(coalesce.EVALUATION_PENDING_KEY)
 
     with django_capture_on_commit_callbacks(execute=True):
         for _ in range(1000):
-            alerting.alerts_evaluation_request()
+            coalesce.alerts_evaluation_request()
     assert len(enqueued) == 1
 
     # Once the evaluation starts, the next failure asks for a fresh one.
-    monkeypatch.setattr("audit.alerting.engine.alerts_evaluate", lambda: [])
-    alerting.alerts_evaluate_now()
+    coalesce.evaluation_started()
     with django_capture_on_commit_callbacks(execute=True):
-        alerting.alerts_evaluation_request()
+        coalesce.alerts_evaluation_request()
     assert len(enqueued) == 2
 
 
 def test_a_lost_enqueue_does_not_block_the_next_request(
     monkeypatch, django_capture_on_commit_callbacks
 ):
-    monkeypatch.setattr(alerting, "publish_safely", lambda task, **kw: False)
-    cache.delete(alerting.EVALUATION_PENDING_KEY)
+    monkeypatch.setattr(coalesce, "publish_safely", lambda task, **kw: False)
+    cache.delete(coalesce.EVALUATION_PENDING_KEY)
     with django_capture_on_commit_callbacks(execute=True):
-        alerting.alerts_evaluation_request()
-    assert cache.get(alerting.EVALUATION_PENDING_KEY) is None
+        coalesce.alerts_evaluation_request()
+    assert cache.get(coalesce.EVALUATION_PENDING_KEY) is None
 
 
 def test_with_redis_failing_the_request_leaves_the_evaluation_to_the_sweep(
     monkeypatch, django_capture_on_commit_callbacks, unreachable_cache
 ):
     enqueued = []
-    monkeypatch.setattr(alerting, "publish_safely", lambda task, **kw: enqueued.append(task))
+    monkeypatch.setattr(coalesce, "publish_safely", lambda task, **kw: enqueued.append(task))
     with django_capture_on_commit_callbacks(execute=True):
-        alerting.alerts_evaluation_request()  # the cache fails: Redis is paused
-    monkeypatch.setattr(alerting, "cache", None)  # not even asked while paused
+        coalesce.alerts_evaluation_request()  # the cache fails: Redis is paused
+    monkeypatch.setattr(coalesce, "cache", None)  # not even asked while paused
     with django_capture_on_commit_callbacks(execute=True):
-        alerting.alerts_evaluation_request()
+        coalesce.alerts_evaluation_request()
     assert enqueued == []
     assert not redis_breaker.available()
 
@@ -482,12 +480,11 @@ def test_a_failing_sweep_step_does_not_stop_the_others(monkeypatch, settings, ma
     def broken(**kwargs):
         raise RuntimeError("redelivery broke")
 
-    monkeypatch.setattr("audit.alerting.notify.notifications_redeliver", broken)
+    monkeypatch.setattr(sweep, "notifications_redeliver", broken)
     with pytest.raises(RuntimeError, match="redelivery broke"):
-        alerting.alerts_sweep()
+        sweep.alerts_sweep()
 
-    assert Heartbeat.objects.filter(name=alerting.SWEEP_HEARTBEAT).exists()
-    assert AttemptMinuteStat.objects.exists()  # aggregated
+    assert Heartbeat.objects.filter(name=sweep.SWEEP_HEARTBEAT).exists()
     assert Alert.objects.filter(rule="upstream_auth").exists()  # evaluated
     report.refresh_from_db()
     assert report.emailed_at is not None and len(mailoutbox) == 1  # and the report went out

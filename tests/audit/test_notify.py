@@ -16,7 +16,7 @@ from audit.alerting.notify import (
     notifications_redeliver,
 )
 from audit.models import AlertNotification
-from audit.tasks import alert_notification_deliver
+from audit.tasks import deliver_notification
 from tests.factories import record_attempts
 
 pytestmark = pytest.mark.django_db
@@ -129,12 +129,12 @@ def test_the_retry_task_claims_the_row_when_it_arrives(sink, notifications, monk
         countdowns.append(countdown)
         return Retry()
 
-    monkeypatch.setattr(alert_notification_deliver, "retry", retry)
+    monkeypatch.setattr(deliver_notification, "retry", retry)
     moment = datetime.now(UTC)
     for failures in range(1, MAX_ATTEMPTS):
         # Raises Retry only if it claimed the row and the send failed.
         with time_machine.travel(moment, tick=False), pytest.raises(Retry):
-            alert_notification_deliver(notification_id=webhook.pk)
+            deliver_notification(notification_id=webhook.pk)
         webhook.refresh_from_db()
         base = 5 * 2 ** (failures - 1)
         assert 0.8 * base - 1 < countdowns[-1] <= 1.2 * base

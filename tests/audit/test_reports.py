@@ -11,6 +11,8 @@ import time_machine
 from django.core.mail.backends import locmem
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from audit.models import Alert, ErrorReport
 from audit.reports import (
@@ -24,6 +26,7 @@ from audit.reports import (
     error_reports_email_due,
 )
 from audit.services import session_attempt_record
+from audit.stats import attempt_stats_aggregate
 
 pytestmark = pytest.mark.django_db
 
@@ -92,6 +95,7 @@ def known_day():
     record(DAY - timedelta(hours=6), "upstream_error", status_code=500, error_message="Oops")
     alert(DAY + timedelta(hours=9, minutes=2))
     alert(DAY - timedelta(hours=2), fingerprint="fp-old", state="resolved")
+    attempt_stats_aggregate()  # what the minute task has done by the time a report is built
 
 
 def test_figures_for_a_known_day(known_day):
@@ -232,6 +236,7 @@ def test_whole_text_of_a_known_day(known_day):
     record(DAY + timedelta(hours=11), "rejected", error_message="", latency_ms=None)
     record(NEXT_DAY, "timeout", error_message="Upstream timed out")  # the next period
 
+    attempt_stats_aggregate()
     data = error_report_build(since=DAY, until=NEXT_DAY)
 
     assert error_report_render_text(data) == KNOWN_DAY_TEXT
@@ -287,6 +292,7 @@ def test_rates_and_changes_are_rounded_to_four_decimals():
     record(DAY + timedelta(hours=2))
     record(DAY + timedelta(hours=3), "upstream_error", status_code=500, error_message="Oops")
 
+    attempt_stats_aggregate()
     data = error_report_build(since=DAY, until=NEXT_DAY)
 
     assert (data["attempts"], data["success_rate"], data["previous"]["success_rate"]) == (
@@ -344,6 +350,7 @@ def test_workflows_with_as_many_attempts_are_listed_by_id():
     record(DAY + timedelta(hours=3), workflow_id="wf_c")
     record(DAY + timedelta(hours=3), workflow_id="wf_c")
 
+    attempt_stats_aggregate()
     by_workflow = error_report_build(since=DAY, until=NEXT_DAY)["by_workflow"]
 
     assert by_workflow == [
@@ -363,6 +370,7 @@ def test_report_ends_are_whole_minutes_in_utc_whatever_the_time_zone(settings):
     # Before `until` itself, but inside its minute, which belongs to the next period.
     record(until - timedelta(seconds=5), "timeout", error_message="After the period")
 
+    attempt_stats_aggregate()
     data = error_report_build(since=since.astimezone(berlin), until=until.astimezone(berlin))
 
     assert (data["since"], data["until"]) == (
@@ -466,6 +474,7 @@ def test_command_prints_text_and_json(known_day, mailoutbox):
 def test_command_defaults_to_the_last_24_hours():
     record(datetime.now(UTC) - timedelta(hours=1))
     out = StringIO()
+    attempt_stats_aggregate()
     call_command("error_report", "--format", "json", stdout=out)
     data = json.loads(out.getvalue())
     since, until = (datetime.fromisoformat(data[key]) for key in ("since", "until"))
@@ -491,6 +500,7 @@ def healthy_day() -> None:
     for hour in range(0, 24, 3):
         record(DAY + timedelta(hours=hour, minutes=7), user_ref=f"anon_{hour}")
     record(DAY + timedelta(hours=12), workflow_id="", user_ref="")
+    attempt_stats_aggregate()
 
 
 def test_a_healthy_day_reports_zero_errors_per_workflow():
@@ -797,5 +807,24 @@ def test_attempt_stats_rounds_to_the_minute_like_the_report():
     record(DAY + timedelta(hours=14, seconds=40))
     out = StringIO()
     span = ["--since", "2026-03-03T14:00:30", "--until", "2026-03-03T14:01:10"]
+    attempt_stats_aggregate()
     call_command("attempt_stats", *span, "--granularity", "minute", "--format", "json", stdout=out)
     assert [row["attempts"] for row in json.loads(out.getvalue())] == [1]
+
+
+def test_reports_and_commands_only_read_and_say_what_is_not_aggregated_yet(known_day):
+    record(DAY + timedelta(hours=12, minutes=30), "timeout")  # the minute task has not run since
+    span = ["--since", DAY.isoformat(), "--until", NEXT_DAY.isoformat()]
+    text, stats_notes = StringIO(), StringIO()
+
+    with CaptureQueriesContext(connection) as queries:
+        data = error_report_build(since=DAY, until=NEXT_DAY)
+        call_command("error_report", *span, stdout=text)
+        call_command("attempt_stats", *span, stdout=StringIO(), stderr=stats_notes)
+
+    reads = ("SELECT", "SAVEPOINT", "RELEASE SAVEPOINT")
+    assert [q["sql"] for q in queries if not q["sql"].lstrip().startswith(reads)] == []
+    assert (data["attempts"], data["minutes_not_aggregated"]) == (10, 1)
+    note = "Incomplete: 1 minute(s) of this period are not in the statistics yet"
+    assert note in text.getvalue() and note in stats_notes.getvalue()
+    assert note not in error_report_render_text(error_report_build(since=DAY, until=DAY))

@@ -20,7 +20,7 @@ from django.utils import timezone
 from audit.models import SessionAttempt
 from audit.services import session_attempt_record
 from broker.redis_breaker import redis_breaker
-from sessions_api import client, errors
+from sessions_api import client, errors, services
 from sessions_api.identity import ChatKitIdentity, user_ref_for_user
 from sessions_api.services import (
     SessionGrant,
@@ -573,7 +573,7 @@ def test_a_logout_with_the_queue_up_cancels_nothing_inline(
 ):
     create(user=user, identity=identity_of(user))
     queued = []
-    monkeypatch.setattr("celery_app.publish_safely", lambda task, **kw: queued.append(kw) or True)
+    monkeypatch.setattr(services, "publish_safely", lambda task, **kw: queued.append(kw) or True)
     client_ = Client()
     client_.force_login(user)
 

@@ -6,7 +6,8 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand
 
 from audit.management.periods import period_parse
-from audit.stats import attempt_stats_aggregate, stats_series
+from audit.reports import MINUTES_PENDING_NOTE
+from audit.stats import minutes_pending, stats_series
 
 COLUMNS = ("bucket", "workflow_id", "outcome", "status_code", "error_code", "attempts")
 
@@ -35,7 +36,9 @@ class Command(BaseCommand):
             filters["status_code"] = options["status_code"]
         if options["workflow"]:
             filters["workflow_id"] = options["workflow"]
-        attempt_stats_aggregate()
+        pending = minutes_pending(since=since, until=until)
+        if pending:
+            self.stderr.write(MINUTES_PENDING_NOTE.format(pending))
         rows = stats_series(since=since, until=until, granularity=options["granularity"], **filters)
         if options["format"] == "json":
             self.stdout.write(json.dumps(rows, indent=2, default=str))
