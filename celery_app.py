@@ -52,9 +52,9 @@ class Scheduler(PersistentScheduler):
         super().setup_schedule()
 
 
-def publish_safely(task_name: str, **kwargs) -> bool:
+def publish_safely(task_name: str, *, expires: float | None = None, **kwargs) -> bool:
     """Publish the task named `task_name` with JSON kwargs now; on a broker outage log it and
-    return False.
+    return False. A worker discards the message unrun once `expires` seconds have passed.
 
     By name, so that the services that publish never import the tasks module that imports them.
     It must never fail the web request that caused it: the database stays the source of truth
@@ -67,16 +67,9 @@ def publish_safely(task_name: str, **kwargs) -> bool:
         logger.warning("Could not enqueue %s: Redis is paused after a failure.", task_name)
         return False
     try:
-        app.send_task(task_name, kwargs=kwargs)
+        app.send_task(task_name, kwargs=kwargs, expires=expires)
     except Exception as exc:  # noqa: BLE001 - any broker failure, by design
         logger.warning("Could not enqueue %s; the next sweep will catch up.", task_name)
         redis_breaker.failed(f"enqueue: {type(exc).__name__}")
         return False
     return True
-
-
-def enqueue_on_commit(task_name: str, **kwargs) -> None:
-    """Publish once the current transaction commits, so the worker sees committed rows."""
-    from django.db import transaction
-
-    transaction.on_commit(lambda: publish_safely(task_name, **kwargs))

@@ -1,8 +1,11 @@
 from datetime import timedelta
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from audit.alerting.rules import alert_rules
 from audit.models import (
     Alert,
     AlertNotification,
@@ -104,9 +107,10 @@ class AlertAdmin(ReadOnlyAdmin):
         return {name: action for name, action in actions.items() if name != "delete_selected"}
 
     def has_acknowledge_permission(self, request) -> bool:
-        return request.user.has_perm("audit.view_alert")
+        return request.user.has_perm("audit.acknowledge_alert")
 
-    has_silence_permission = has_acknowledge_permission
+    def has_silence_permission(self, request) -> bool:
+        return request.user.has_perm("audit.add_alertsilence")
 
     @admin.action(
         description="Acknowledge (stop repeat notifications)", permissions=["acknowledge"]
@@ -118,6 +122,7 @@ class AlertAdmin(ReadOnlyAdmin):
         self.message_user(request, f"Acknowledged {count} alert(s).", messages.SUCCESS)
 
     def _silence(self, request, queryset, hours: int) -> None:
+        hours = min(hours, settings.ALERT_SILENCE_MAX_HOURS)
         until = timezone.now() + timedelta(hours=hours)
         rules = sorted(set(queryset.values_list("rule", flat=True)))
         for rule in rules:
@@ -138,15 +143,57 @@ class AlertAdmin(ReadOnlyAdmin):
         self._silence(request, queryset, 24)
 
 
+class AlertSilenceForm(forms.ModelForm):
+    """A new silence: a rule that exists, ending in the future and within the longest allowed."""
+
+    rule = forms.ChoiceField(choices=lambda: [(rule.name, rule.name) for rule in alert_rules()])
+
+    class Meta:
+        model = AlertSilence
+        fields = ["rule", "until", "reason"]
+
+    def clean_until(self):
+        until = self.cleaned_data["until"]
+        now = timezone.now()
+        longest = timedelta(hours=settings.ALERT_SILENCE_MAX_HOURS)
+        if until <= now:
+            raise forms.ValidationError("A silence must end in the future.")
+        if until > now + longest:
+            raise forms.ValidationError(
+                f"A silence lasts at most {settings.ALERT_SILENCE_MAX_HOURS} hours "
+                "(ALERT_SILENCE_MAX_HOURS); set a new one when it ends if you still need it."
+            )
+        return until
+
+
 @admin.register(AlertSilence)
 class AlertSilenceAdmin(admin.ModelAdmin):
-    list_display = ["rule", "until", "reason", "created_by", "created_at"]
-    readonly_fields = ["created_by", "created_at"]
+    """Silences are set and ended early, never edited or deleted: the history stays."""
+
+    form = AlertSilenceForm
+    list_display = ["rule", "until", "reason", "created_by", "created_at", "ended_at", "ended_by"]
+    actions = ["end_now"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_end_permission(self, request) -> bool:
+        return request.user.has_perm("audit.add_alertsilence")
 
     def save_model(self, request, obj, form, change) -> None:
-        if not change:
-            obj.created_by = request.user.get_username()
+        obj.created_by = request.user.get_username()
         super().save_model(request, obj, form, change)
+
+    @admin.action(description="End these silences now", permissions=["end"])
+    def end_now(self, request, queryset) -> None:
+        now = timezone.now()
+        count = queryset.filter(until__gt=now).update(
+            until=now, ended_at=now, ended_by=request.user.get_username()
+        )
+        self.message_user(request, f"Ended {count} silence(s).", messages.SUCCESS)
 
 
 @admin.register(AlertNotification)

@@ -1,5 +1,4 @@
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -305,6 +304,17 @@ class Alert(models.Model):
     count = models.PositiveIntegerField(
         "count", help_text="Matching attempts from first seen to last seen."
     )
+    settled_count = models.PositiveIntegerField(
+        "settled count",
+        default=0,
+        help_text="Matching attempts before settled until, counted once and never again.",
+    )
+    settled_until = models.DateTimeField(
+        "settled until",
+        null=True,
+        blank=True,
+        help_text="Attempts started before this were all committed when last counted.",
+    )
     threshold = models.PositiveIntegerField(
         "threshold", help_text="Matching attempts within the window that fire the rule."
     )
@@ -350,6 +360,7 @@ class Alert(models.Model):
         verbose_name = "alert"
         verbose_name_plural = "alerts"
         ordering = ["-first_seen"]
+        permissions = [("acknowledge_alert", "Can acknowledge alerts")]
         constraints = [
             models.UniqueConstraint(
                 fields=["fingerprint"],
@@ -364,7 +375,11 @@ class Alert(models.Model):
 
 
 class AlertSilence(models.Model):
-    """Mutes one rule's notifications until a time; incidents are still recorded."""
+    """Mutes one rule's notifications until a time; incidents are still recorded.
+
+    Never edited once set (the admin validates the rule and the length): it can only be ended
+    early, which moves `until` to that moment and records who ended it.
+    """
 
     rule = models.CharField("rule", max_length=64, help_text="Name of the alert rule to mute.")
     until = models.DateTimeField("until", help_text="Notifications resume after this time.")
@@ -375,6 +390,12 @@ class AlertSilence(models.Model):
     created_at = models.DateTimeField(
         "created at", default=timezone.now, help_text="When the silence was set."
     )
+    ended_at = models.DateTimeField(
+        "ended at", null=True, blank=True, help_text="When it was ended early, if it was."
+    )
+    ended_by = models.CharField(
+        "ended by", max_length=150, blank=True, help_text="The operator who ended it early."
+    )
 
     class Meta:
         verbose_name = "alert silence"
@@ -384,13 +405,6 @@ class AlertSilence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule} until {self.until:%Y-%m-%d %H:%M}"
-
-    def clean(self) -> None:
-        from audit.alerting.rules import alert_rules
-
-        names = sorted(rule.name for rule in alert_rules())
-        if self.rule not in names:
-            raise ValidationError({"rule": f"Unknown rule; the rules are: {', '.join(names)}."})
 
 
 class AlertNotification(models.Model):
@@ -452,6 +466,12 @@ class AlertNotification(models.Model):
     )
     sent_at = models.DateTimeField(
         "sent at", null=True, blank=True, help_text="When delivery succeeded."
+    )
+    queued_at = models.DateTimeField(
+        "queued at",
+        null=True,
+        blank=True,
+        help_text="When a delivery task was last queued; the sweep does not queue another soon.",
     )
     last_error = models.TextField("last error", blank=True, help_text="Why the last try failed.")
     created_at = models.DateTimeField(

@@ -278,6 +278,8 @@ CHATKIT_CANCEL_ON_LOGOUT = env.bool("CHATKIT_CANCEL_ON_LOGOUT", default=True)
 ALERT_RULES = env.json("ALERT_RULES", default={})
 ALERT_REPEAT_INTERVAL_SECONDS = env.int("ALERT_REPEAT_INTERVAL_SECONDS", default=3600)
 ALERT_QUIET_PERIOD_SECONDS = env.int("ALERT_QUIET_PERIOD_SECONDS", default=600)
+# The longest silence an operator may set: a forgotten silence must not mute a rule for good.
+ALERT_SILENCE_MAX_HOURS = env.int("ALERT_SILENCE_MAX_HOURS", default=168)
 ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
 ALERT_WEBHOOK_TIMEOUT = env.float("ALERT_WEBHOOK_TIMEOUT", default=5.0)
 ALERT_EMAIL_TO = env.list("ALERT_EMAIL_TO", default=[])

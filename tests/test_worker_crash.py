@@ -23,6 +23,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.alerting.coalesce import EVALUATION_PENDING_KEY
+from audit.alerting.notify import REQUEUE_SECONDS
 from audit.models import Alert, AlertNotification, AttemptMinuteStat, PendingMinute
 from audit.stats import attempt_stats_aggregate
 from audit.tasks import aggregate_stats, deliver_notification, sweep_alerts
@@ -206,11 +207,11 @@ def test_a_delivery_killed_mid_send_is_sent_again_under_the_same_id_and_then_nev
     assert (webhook.status, webhook.attempts) == ("pending", 1)  # claimed, never confirmed
     assert sink.answered == []
 
-    # What two minutes do: the dead worker's claim expires, and the row is old enough for the
-    # sweep to redeliver it.
+    # What ten minutes do: the dead worker's claim has expired, and its task was queued long
+    # enough ago to be taken for lost, so the sweep queues another.
     AlertNotification.objects.filter(pk=webhook.pk).update(
         claimed_until=timezone.now() - timedelta(seconds=1),
-        created_at=timezone.now() - timedelta(minutes=2),
+        queued_at=timezone.now() - timedelta(seconds=REQUEUE_SECONDS + 1),
     )
     worker.start()
     sweep_alerts.delay()

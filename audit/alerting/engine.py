@@ -30,6 +30,9 @@ from audit.models import Alert, AlertNotification, AlertSilence, SessionAttempt
 logger = logging.getLogger(__name__)
 
 SAMPLE_SIZE = 5
+# Longer than any request takes from its start (an audit row's created_at) to its commit: the
+# upstream's total timeout plus the audit write's wait, with room to spare.
+SETTLE = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ def _alert_update(
     # Never empty: the match that brought us here is among these attempts.
     latest = list(matching.order_by("-created_at", "-id")[:SAMPLE_SIZE])
     alert.last_seen = match.last_seen
-    alert.count = matching.aggregate(n=Sum("requests"))["n"]
+    _count(alert, matching, now=now)
     alert.sample_attempt_ids = [attempt.id for attempt in latest]
     alert.sample_message = latest[0].error_message
     alert.error_code = latest[0].error_code
@@ -209,6 +212,23 @@ def _alert_update(
     return notifications_create(
         alert, event=AlertNotification.Event.FIRING, sequence=alert.notifications_sent - 1
     )
+
+
+def _count(alert: Alert, matching, *, now: datetime) -> None:
+    """Matching attempts since first seen, at a cost bounded by the time since the last count.
+
+    Counting every row since first_seen on each evaluation grows without end during a long
+    incident (and holds the rule's lock meanwhile). Attempts that started before now - SETTLE
+    are all committed, so they are counted once into settled_count; only the recent tail is
+    counted again each time.
+    """
+    settled_until = alert.settled_until or alert.first_seen
+    settle_to = max(settled_until, now - SETTLE)
+    newly_settled = matching.filter(created_at__gte=settled_until, created_at__lt=settle_to)
+    alert.settled_count += newly_settled.aggregate(n=Sum("requests", default=0))["n"]
+    alert.settled_until = settle_to
+    recent = matching.filter(created_at__gte=settle_to).aggregate(n=Sum("requests", default=0))
+    alert.count = alert.settled_count + recent["n"]
 
 
 def _repeat_due(alert: Alert, *, now: datetime) -> bool:

@@ -16,16 +16,20 @@ from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
 from django.core.mail import send_mail
+from django.db import transaction
 from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import Alert, AlertNotification
-from celery_app import enqueue_on_commit
+from celery_app import publish_safely
 
 logger = logging.getLogger(__name__)
 
 DELIVER_TASK = "audit.tasks.deliver_notification"
+# A queued delivery task not run within this long is taken for lost (a worker died with it, or
+# none runs): the sweep queues another, which expires after as long.
+REQUEUE_SECONDS = 600
 
 # Longer than any single delivery can take (webhook timeout, SMTP), so a claim held by a live
 # worker never expires under it.
@@ -76,11 +80,11 @@ def notifications_create(
             event=event,
             sequence=sequence,
             channel=channel,
-            defaults={"payload": payload},
+            defaults={"payload": payload, "queued_at": timezone.now()},
         )
         if new:
             created.append(notification)
-            enqueue_on_commit(DELIVER_TASK, notification_id=notification.pk)
+            _deliver_after_commit(notification.pk)
     return created
 
 
@@ -173,8 +177,10 @@ def notification_deliver(*, notification_id: int) -> bool:
         notification.claimed_until = timezone.now() + timedelta(
             seconds=countdown - RETRY_MARGIN_SECONDS
         )
+        # The task's retry is queued for then: the sweep counts from there.
+        notification.queued_at = timezone.now() + timedelta(seconds=countdown)
         notification.last_error = str(error)[:2000]
-        notification.save(update_fields=["status", "claimed_until", "last_error"])
+        notification.save(update_fields=["status", "claimed_until", "queued_at", "last_error"])
         logger.warning("Alert notification %s failed: %s", notification_id, error)
         if gave_up:
             return False
@@ -228,15 +234,35 @@ def _send(notification: AlertNotification) -> None:
 
 
 def notifications_redeliver(*, limit: int = 200) -> int:
-    """Queue delivery of pending notifications whose task was lost; returns how many."""
+    """Queue delivery of pending notifications whose task was lost; returns how many.
+
+    A notification whose task was queued less than REQUEUE_SECONDS ago is left alone, and each
+    task queued here expires after as long: while no worker runs, every minute's sweep would
+    otherwise add another copy of every pending notification to the queue.
+    """
     now = timezone.now()
     pending = (
         AlertNotification.objects.filter(status=AlertNotification.Status.PENDING)
         .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-        .filter(created_at__lt=now - timedelta(seconds=30))
+        .filter(
+            Q(queued_at__isnull=True) | Q(queued_at__lt=now - timedelta(seconds=REQUEUE_SECONDS))
+        )
         .values_list("pk", flat=True)[:limit]
     )
     ids = list(pending)
+    AlertNotification.objects.filter(pk__in=ids).update(queued_at=now)
     for notification_id in ids:
-        enqueue_on_commit(DELIVER_TASK, notification_id=notification_id)
+        _deliver_after_commit(notification_id, expires=REQUEUE_SECONDS)
     return len(ids)
+
+
+def _deliver_after_commit(notification_id: int, *, expires: float | None = None) -> None:
+    """Queue the delivery task once the row is committed. If the broker refuses it, the row is
+    marked not queued, so the next sweep tries again at once rather than REQUEUE_SECONDS on."""
+
+    def publish() -> None:
+        queued = publish_safely(DELIVER_TASK, expires=expires, notification_id=notification_id)
+        if not queued:
+            AlertNotification.objects.filter(pk=notification_id).update(queued_at=None)
+
+    transaction.on_commit(publish)

@@ -842,3 +842,29 @@ def test_an_incident_without_a_workflow_and_with_a_unicode_message(admin_client,
     assert json.loads(json.dumps(payload)) == payload
     page = admin_client.get(payload["audit_url"].removeprefix("https://ops.example"))
     assert page.status_code == 200 and len(page.context["cl"].result_list) == 3
+
+
+def test_a_long_incident_is_counted_exactly_while_each_evaluation_counts_only_the_recent_tail():
+    """Three hours of 401s among successes, evaluated every minute: the count is every matching
+    attempt since first seen, yet attempts older than the settle margin are counted once. The
+    proof: once settled, the incident's first hour can be pruned and the count stays."""
+    total = 0
+    for minute in range(180):
+        at = T0 + timedelta(minutes=minute)
+        attempts(2, at=at, status=200, outcome="success")
+        failed = 3 if minute % 3 == 0 else 1
+        attempts(failed, at=at + timedelta(seconds=10))
+        total += failed
+        alerts_evaluate(now=at + timedelta(seconds=30))
+        if minute == 120:  # a late row: committed now, started 90 s ago, inside the margin
+            attempts(1, at=at - timedelta(seconds=90))
+            total += 1
+    alert = Alert.objects.get()
+    assert alert.count == total == 60 * 3 + 120 * 1 + 1
+
+    SessionAttempt.objects.filter(created_at__lt=T0 + timedelta(hours=1)).delete()
+    attempts(1, at=T0 + timedelta(minutes=180))
+    alerts_evaluate(now=T0 + timedelta(minutes=180, seconds=30))
+    alert.refresh_from_db()
+    assert alert.count == total + 1
+    assert alert.settled_until == T0 + timedelta(minutes=178, seconds=30)

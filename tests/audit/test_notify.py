@@ -8,9 +8,11 @@ import time_machine
 from celery.exceptions import Retry
 from werkzeug import Response
 
+from audit.alerting import notify
 from audit.alerting.engine import alerts_evaluate
 from audit.alerting.notify import (
     MAX_ATTEMPTS,
+    REQUEUE_SECONDS,
     NotificationDeliveryError,
     notification_deliver,
     notifications_redeliver,
@@ -113,10 +115,37 @@ def test_email_and_log_channels(sink, notifications, mailoutbox, caplog):
     assert "ALERT [CRITICAL] upstream_auth" in caplog.text
 
 
-def test_sweep_redelivers_notifications_whose_task_was_lost(sink, notifications):
-    assert notifications_redeliver() == 0  # too fresh: its own task is probably on the way
-    with time_machine.travel(datetime.now(UTC) + timedelta(minutes=1), tick=False):
-        assert notifications_redeliver() == 3
+def test_sweep_requeues_a_lost_task_once_per_requeue_period(
+    sink, notifications, monkeypatch, django_capture_on_commit_callbacks
+):
+    """While no worker runs, the minute sweep must not add a copy of every pending notification
+    to the queue each minute: one per REQUEUE_SECONDS, each expiring after as long."""
+    published = []
+    monkeypatch.setattr(notify, "publish_safely", lambda *a, **kw: published.append(kw) or True)
+    now = datetime.now(UTC)
+    assert notifications_redeliver() == 0  # its own task was queued when it was created
+
+    for minute in range(1, 31):  # half an hour of sweeps, a worker nowhere
+        with time_machine.travel(now + timedelta(minutes=minute), tick=False):
+            with django_capture_on_commit_callbacks(execute=True):
+                notifications_redeliver()
+    # Requeued at minutes 11 and 22 (600 s after the last queueing, then strictly later).
+    assert len(published) == 2 * 3
+    assert {kw["expires"] for kw in published} == {REQUEUE_SECONDS}
+    assert {kw["notification_id"] for kw in published} == {n.pk for n in notifications.values()}
+
+
+def test_a_notification_the_broker_refused_is_requeued_by_the_next_sweep(
+    sink, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(notify, "publish_safely", lambda *a, **kw: False)  # Redis is down
+    record_attempts(3, at=T0, workflow="wf_notify")
+    with django_capture_on_commit_callbacks(execute=True):
+        created = alerts_evaluate(now=T0 + timedelta(minutes=1))
+    assert {n.queued_at for n in AlertNotification.objects.all()} == {None}
+
+    monkeypatch.setattr(notify, "publish_safely", lambda *a, **kw: True)
+    assert notifications_redeliver() == len(created) == 3  # at once, not ten minutes on
 
 
 def test_the_retry_task_claims_the_row_when_it_arrives(sink, notifications, monkeypatch):
