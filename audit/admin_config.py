@@ -1,0 +1,8 @@
+from django.contrib.admin.apps import AdminConfig
+
+
+class BrokerAdminConfig(AdminConfig):
+    """django.contrib.admin with the broker's site as admin.site (a module of its own: the site
+    imports models, which this class, loaded with INSTALLED_APPS, may not)."""
+
+    default_site = "audit.admin_site.BrokerAdminSite"
