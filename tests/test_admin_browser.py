@@ -1,16 +1,20 @@
 """The ops console in a real browser: Debian's Chromium driven by Playwright, never a download."""
 
+import math
 import os
+import random
 import shutil
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db import connection
 from django.utils import timezone
 
 from audit.alerting.engine import alerts_evaluate
-from audit.models import Alert
+from audit.models import Alert, AttemptMinuteStat
 from audit.services import session_attempt_record
+from audit.stats import attempt_stats_aggregate
 from tests.factories import record_attempts
 
 CHROMIUM = "/usr/bin/chromium"
@@ -43,6 +47,18 @@ def browser_page(live_server, monkeypatch):
         browser.close()
 
 
+def admin_login(page, live_server) -> list[str]:
+    """Logs the admin user in; returns the list that collects Content-Security-Policy
+    violations from then on: the admin must work under the policy, nothing of it blocked."""
+    blocked = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security" in m.text else None)
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "password")
+    page.click("input[type=submit]")
+    return blocked
+
+
 @pytest.fixture
 def incident(settings):
     settings.ALERT_WEBHOOK_URL = ""
@@ -66,13 +82,7 @@ def test_operator_reviews_attempts_and_acknowledges_an_alert(
     browser_page, live_server, admin_user, incident
 ):
     page = browser_page
-    # The admin must work under the Content-Security-Policy: nothing of it may be blocked.
-    blocked = []
-    page.on("console", lambda m: blocked.append(m.text) if "Content Security" in m.text else None)
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "password")
-    page.click("input[type=submit]")
+    blocked = admin_login(page, live_server)
 
     page.goto(f"{live_server.url}/admin/audit/sessionattempt/")
     assert page.locator("#result_list tbody tr").count() == 4
@@ -93,4 +103,68 @@ def test_operator_reviews_attempts_and_acknowledges_an_alert(
     assert blocked == []
     # Under Playwright's greenlets this ORM call got a connection of its own; close it, or it
     # keeps the test database from being dropped at the end of the run.
+    connection.close()
+
+
+def _a_day_of_statistics(now) -> None:
+    """Per-minute statistics for the day before the incident: a daily curve of successes, a
+    sprinkle of 400/429/5xx, and an hour of 401s in the afternoon."""
+    draw = random.Random(9)
+    end = now.replace(second=0, microsecond=0) - timedelta(minutes=5)
+    rows = []
+    for back in range(1, 24 * 60):
+        minute = end - timedelta(minutes=back)
+        load = 20 + 15 * math.sin(2 * math.pi * (minute.hour * 60 + minute.minute) / 1440)
+        buckets = [("success", 200, "", int(load + draw.random() * 5))]
+        if draw.random() < 0.08:
+            buckets.append(("upstream_error", draw.choice([400, 429, 500, 503]), "", 1))
+        if 14 * 60 <= back < 15 * 60:
+            buckets.append(("upstream_error", 401, "invalid_api_key", draw.randint(2, 6)))
+        rows += [
+            AttemptMinuteStat(minute=minute, workflow_id="wf_browser", outcome=outcome,
+                              status_code=status, error_code=code, attempts=n, users=n)
+            for outcome, status, code, n in buckets
+        ]  # fmt: skip
+    AttemptMinuteStat.objects.bulk_create(rows)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_dashboard_draws_its_charts(browser_page, live_server, admin_user, incident):
+    """The front page under the CSP, with data, in both themes. SCREENSHOT_DIR=docs/screenshots
+    saves what it looked like (README)."""
+    now = timezone.now()
+    _a_day_of_statistics(now)
+    for latency_ms, count in ((180, 18), (240, 6), (650, 2)):
+        record_attempts(count, at=now - timedelta(minutes=3), workflow="wf_browser", status=200,
+                        outcome="success", latency_ms=latency_ms)  # fmt: skip
+    attempt_stats_aggregate()  # these attempts' and the incident's
+    page = browser_page
+    blocked = admin_login(page, live_server)
+
+    assert page.title() == "Dashboard | ChatKit session broker"
+    series = page.locator("svg#chart-series")
+    assert series.locator("rect.chart-ok").count() > 90  # of the 96 quarter-hours
+    assert series.locator("rect.chart-failed").count() > 0
+    # Drawn, not just present: the columns have a size on screen and the theme's colours.
+    assert series.bounding_box()["width"] > 600
+    ok_fill = series.locator("rect.chart-ok").first.evaluate("e => getComputedStyle(e).fill")
+    assert ok_fill == "rgb(46, 125, 50)"
+    assert page.locator("#figure-success-rate").inner_text().endswith("%")
+    assert page.locator("#figure-latency").inner_text() == "p50 180 ms · p95 548 ms"
+    assert page.locator("#ops-alerts + table button[value=acknowledge]").count() == 1
+    shots = os.environ.get("SCREENSHOT_DIR")
+    if shots:
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=f"{shots}/dashboard.png", full_page=True)
+
+    page.emulate_media(color_scheme="dark")
+    ok_fill = series.locator("rect.chart-ok").first.evaluate("e => getComputedStyle(e).fill")
+    text_fill = series.locator("text").first.evaluate("e => getComputedStyle(e).fill")
+    assert (ok_fill, text_fill) == ("rgb(102, 187, 106)", "rgb(238, 238, 238)")
+    if shots:
+        page.screenshot(path=f"{shots}/dashboard-dark.png", full_page=True)
+
+    page.click("#ops-alerts + table button[value=acknowledge]")
+    assert "Acknowledged 1 alert(s)." in page.locator("ul.messagelist").inner_text()
+    assert blocked == []
     connection.close()
