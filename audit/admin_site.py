@@ -92,8 +92,6 @@ def _traffic_context(window, since, until, may_view_attempts: bool) -> dict:
         "status_chart": bar_chart(
             by_status, chart_id="chart-status", title="Attempts by upstream status"
         ),
-        "by_outcome": by_outcome,
-        "by_status": by_status,
         "top_errors": [
             _error_row(error, since, traffic["attempts"], may_view_attempts)
             for error in traffic["top_errors"]
@@ -108,7 +106,6 @@ def _error_row(error: dashboard.ErrorGroup, since, attempts: int, may_view_attem
         "error_code": error.error_code,
         "attempts": error.attempts,
         "percent": _percent(error.attempts / attempts),
-        "last_minute": error.last_minute,
     }
     if may_view_attempts:
         status = (
