@@ -5,7 +5,11 @@ every session, until it has scanned them all. On PostgreSQL these build CONCURRE
 migration must say `atomic = False`); elsewhere (SQLite) they are the plain operation.
 """
 
+from django.contrib.auth.management import create_permissions
 from django.db import migrations
+
+# The ready-made group for operators (README: "The ops group").
+OPS_GROUP = "ops"
 
 
 class AddIndexWithoutBlockingWrites(migrations.AddIndex):
@@ -28,3 +32,19 @@ class AddUniqueIndexWithoutBlockingWrites(migrations.AddConstraint):
             sql = str(self.constraint.create_sql(model, schema_editor))
             create = "CREATE UNIQUE INDEX"
             schema_editor.execute(sql.replace(create, f"{create} CONCURRENTLY", 1))
+
+
+def ops_group_grant(apps, codenames: list[str]) -> None:
+    """Create the ops group if need be and grant it these audit permissions.
+
+    Django creates permissions after the migrations have run; the group needs them now.
+    """
+    audit = apps.get_app_config("audit")
+    audit.models_module = True
+    create_permissions(audit, apps=apps, verbosity=0)
+    group, _ = apps.get_model("auth", "Group").objects.get_or_create(name=OPS_GROUP)
+    group.permissions.add(
+        *apps.get_model("auth", "Permission").objects.filter(
+            content_type__app_label="audit", codename__in=codenames
+        )
+    )

@@ -25,6 +25,7 @@ class SessionAttempt(models.Model):
     class Kind(models.TextChoices):
         INITIAL = "initial", "Initial"
         REFRESH = "refresh", "Refresh"
+        CHECK = "check", "Configuration check"
 
     created_at = models.DateTimeField(
         "created at", default=timezone.now, help_text="When the attempt started (UTC)."
@@ -37,7 +38,10 @@ class SessionAttempt(models.Model):
         max_length=16,
         choices=Kind.choices,
         default=Kind.INITIAL,
-        help_text="Refresh when the browser passed its current client secret to get a new one.",
+        help_text=(
+            "Refresh when the browser passed its current client secret to get a new one; check "
+            "for the operator's configuration check (never counted by alert rules)."
+        ),
     )
     status_code = models.PositiveSmallIntegerField(
         "upstream status",
@@ -158,6 +162,7 @@ class SessionAttempt(models.Model):
         verbose_name = "session attempt"
         verbose_name_plural = "session attempts"
         ordering = ["-created_at", "-id"]
+        permissions = [("run_config_check", "Can run the configuration check")]
         indexes = [
             models.Index(fields=["created_at"], name="audit_attempt_created_idx"),
             models.Index(fields=["status_code", "created_at"], name="audit_attempt_status_idx"),

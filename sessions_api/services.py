@@ -31,6 +31,7 @@ class SessionGrant:
     client_secret: str = field(repr=False)
     expires_at: int | None
     attempt_id: int
+    session_id: str
 
 
 # A logout whose cancel cannot be queued cancels inline: each call gets this long, no retries.
@@ -100,6 +101,7 @@ class SessionRequest:
     identity: ChatKitIdentity | None = None
     workflow_id: str = ""
     refresh: bool = False
+    check: bool = False  # the configuration check (sessions_api/config_check.py)
     started_at: datetime = field(default_factory=timezone.now)
     attempt_id: int | None = None
     request_id: str | None = None  # the row's opaque id, which the browser is shown
@@ -114,7 +116,7 @@ class SessionRequest:
         try:
             attempt = session_attempt_record(
                 outcome=outcome,
-                kind=SessionAttempt.Kind.REFRESH if self.refresh else SessionAttempt.Kind.INITIAL,
+                kind=self.kind,
                 user=self.user,
                 user_ref=identity.user_ref if identity else _user_ref_or_blank(self.user),
                 anonymous=identity.anonymous if identity else not logged_in,
@@ -129,6 +131,12 @@ class SessionRequest:
             raise errors.AuditUnavailable() from exc
         self.recorded, self.attempt_id, self.request_id = True, attempt.id, attempt.request_id
         return attempt.id
+
+    @property
+    def kind(self) -> str:
+        if self.check:
+            return SessionAttempt.Kind.CHECK
+        return SessionAttempt.Kind.REFRESH if self.refresh else SessionAttempt.Kind.INITIAL
 
     def refuse(
         self, error: errors.ApplicationError, *, outcome: str = Outcome.REJECTED, message: str = ""
@@ -246,6 +254,7 @@ def chatkit_session_create(request: SessionRequest) -> SessionGrant:
         client_secret=result.client_secret,
         expires_at=result.expires_at,
         attempt_id=request.attempt_id,
+        session_id=result.session_id,
     )
 
 

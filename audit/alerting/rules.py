@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db.models import Q
 
-from audit.models import Alert
+from audit.models import Alert, SessionAttempt
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ class AlertRule:
     enabled: bool = True
 
     def matches(self) -> Q:
-        return Q(api_error_code__in=self.error_codes)
+        # A configuration check that fails is the operator's answer, not an incident.
+        return Q(api_error_code__in=self.error_codes) & ~Q(kind=SessionAttempt.Kind.CHECK)
 
 
 DEFAULT_RULES = (

@@ -281,6 +281,7 @@ def test_success_grants_the_secret_and_records_the_attempt_from_its_start(upstre
         client_secret=session["client_secret"],
         expires_at=session["expires_at"],
         attempt_id=attempt.id,
+        session_id=session["id"],
     )
     assert (attempt.outcome, attempt.kind, attempt.status_code) == ("success", "refresh", 200)
     assert (attempt.session_id, attempt.workflow_id) == (session["id"], WORKFLOW_ID)

@@ -5,4 +5,4 @@ class BrokerAdminConfig(AdminConfig):
     """django.contrib.admin with the broker's site as admin.site (a module of its own: the site
     imports models, which this class, loaded with INSTALLED_APPS, may not)."""
 
-    default_site = "audit.admin_site.BrokerAdminSite"
+    default_site = "broker.admin_site.BrokerAdminSite"

@@ -1,25 +1,31 @@
-"""The broker's admin site: branded, with the operator's dashboard as its front page.
+"""The broker's admin site: branded, with the operator's dashboard as its front page and the
+configuration check behind a button. Part of the project, not of an app: it draws on both.
 
-Installed as Django's default site (audit/admin_config.py), so every @admin.register lands here
+Installed as Django's default site (broker/admin_config.py), so every @admin.register lands here
 and admin.site is this object. The figures come from audit/dashboard.py, the drawing from
 audit/charts.py.
 """
 
 from urllib.parse import urlencode
 
-from django.contrib import admin
-from django.urls import reverse
+from django.contrib import admin, messages
+from django.contrib.admin.models import ADDITION, LogEntry
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import path, reverse
 from django.utils import timezone
 
 from audit import dashboard
 from audit.charts import bar_chart, column_chart
 from audit.models import Alert, SessionAttempt
+from sessions_api.config_check import chatkit_config_check
 
 # Third-party tables an operator never needs in an incident: listed last, as internals.
 INTERNAL_APPS = ("axes", "django_celery_results")
 # The alert list's actions offered beside each firing alert, with their button labels. Only
 # those AlertAdmin.get_actions() grants the user are shown, so its permissions decide.
 ALERT_BUTTONS = {"acknowledge": "Acknowledge", "silence_rule_1h": "Silence rule 1 h"}
+CHECK_PERMISSION = "audit.run_config_check"
 OUTCOME_LABELS = dict(SessionAttempt.Outcome.choices)
 TIME_FORMATS = {"1h": "%H:%M", "24h": "%H:%M", "7d": "%a %d %H:%M"}
 
@@ -43,6 +49,29 @@ class BrokerAdminSite(admin.AdminSite):
         context = {**dashboard_context(request, self), **(extra_context or {})}
         return super().index(request, extra_context=context)
 
+    def get_urls(self):
+        check = path("chatkit-check/", self.admin_view(self.config_check), name="chatkit_check")
+        return [check, *super().get_urls()]
+
+    def config_check(self, request):
+        """The dashboard's "Check the configuration" button: `manage.py chatkit_check`."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not request.user.has_perm(CHECK_PERMISSION):
+            raise PermissionDenied
+        result = chatkit_config_check()
+        if result.attempt is not None:
+            LogEntry.objects.log_actions(
+                request.user.pk,
+                [result.attempt],
+                ADDITION,
+                change_message=f"Ran the configuration check: {result.summary}",
+                single_object=True,
+            )
+        report = messages.success if result.ok else messages.error
+        report(request, result.summary)
+        return HttpResponseRedirect(reverse("admin:index"))
+
 
 def dashboard_context(request, site: admin.AdminSite) -> dict:
     """What the dashboard shows this user: each part only with the view permission it needs."""
@@ -51,6 +80,7 @@ def dashboard_context(request, site: admin.AdminSite) -> dict:
     now = timezone.now()
     since, until = window.bounds(now)
     context = {"window": window, "windows": dashboard.WINDOWS.values(), "since": since}
+    context["may_check_config"] = user.has_perm(CHECK_PERMISSION)
     if user.has_perm("audit.view_attemptminutestat"):
         context.update(
             _traffic_context(window, since, until, user.has_perm("audit.view_sessionattempt"))
