@@ -4,7 +4,8 @@ A notification row is created once (unique per alert, event, sequence and channe
 transaction as the alert change, then delivered by a Celery task. Delivery first *claims* the
 row with a conditional UPDATE, so of two tasks running at once only one sends; the row becomes
 `sent` only after the channel accepted it. If a worker dies between sending and recording, the
-claim expires and the message is sent again: receivers can drop repeats by the payload's `id`.
+claim expires, the minute sweep queues the row again (REQUEUE_SECONDS after its task was queued)
+and the message is sent again: receivers can drop repeats by the payload's `id`.
 """
 
 import json
@@ -28,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 DELIVER_TASK = "audit.tasks.deliver_notification"
 # A queued delivery task not run within this long is taken for lost (a worker died with it, or
-# none runs): the sweep queues another, which expires after as long.
-REQUEUE_SECONDS = 600
+# none runs): the sweep queues another, which expires after as long, so at most one live copy
+# waits in the queue. Longer than a claim (CLAIM_SECONDS), shorter than an operator's patience.
+REQUEUE_SECONDS = 180
 
 # Longer than any single delivery can take (webhook timeout, SMTP), so a claim held by a live
 # worker never expires under it.
