@@ -1,6 +1,6 @@
 """How many session creations per second the ChatKit emulator answers, on loopback.
 
-The emulator runs in its own process (sessions_api.emulator.run); this process drives it with an
+The emulator runs in its own process (emulator.server.run); this process drives it with an
 asyncio aiohttp client over N keep-alive connections, sends a fixed number of valid create
 requests (bounded in time), then prints requests/s, latency percentiles and errors.
 
@@ -31,8 +31,7 @@ HEADERS = {
 }
 BODY = b'{"workflow": {"id": "wf_bench"}, "user": "bench-user"}'
 SERVER_CODE = (
-    "from sessions_api.emulator import run\n"
-    "run(port=0, on_ready=lambda url: print(url, flush=True))\n"
+    "from emulator.server import run\nrun(port=0, on_ready=lambda url: print(url, flush=True))\n"
 )
 
 

@@ -47,6 +47,9 @@ INSTALLED_APPS = [
     "axes",
     "sessions_api",
     "audit",
+    # The local upstream emulator's command (manage.py chatkit_emulator); a development tool
+    # whose aiohttp only requirements/dev.txt installs.
+    "emulator",
 ]
 
 MIDDLEWARE = [
@@ -226,6 +229,9 @@ REST_FRAMEWORK = {
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_WORKFLOW_ID = env.str("OPENAI_WORKFLOW_ID", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+# Plain http to another machine is refused (the key would cross the network in the clear), but
+# for the emulator in docker-compose's dev profile, with a made-up key.
+CHATKIT_ALLOW_HTTP_UPSTREAM = env.bool("CHATKIT_ALLOW_HTTP_UPSTREAM", default=False)
 
 # Workflows a browser may ask for by id; the configured one is always allowed.
 CHATKIT_ALLOWED_WORKFLOWS = env.list("CHATKIT_ALLOWED_WORKFLOWS", default=[])

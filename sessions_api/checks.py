@@ -40,12 +40,16 @@ def chatkit_settings_check(app_configs=None, **kwargs) -> list:
                 )
             )
     url = urlsplit(settings.OPENAI_BASE_URL)
-    if url.scheme == "http" and url.hostname not in ("127.0.0.1", "localhost", "::1"):
+    loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
+    if url.scheme == "http" and not loopback and not settings.CHATKIT_ALLOW_HTTP_UPSTREAM:
         messages.append(
             Error(
                 f"OPENAI_BASE_URL {settings.OPENAI_BASE_URL!r} is plain http to another host: "
                 "the API key would cross the network in the clear.",
-                hint="Use https://; plain http is for the emulator on this machine only.",
+                hint=(
+                    "Use https://; plain http is for the emulator on this machine, or on a "
+                    "private network with a made-up key (CHATKIT_ALLOW_HTTP_UPSTREAM=true)."
+                ),
                 id="sessions_api.E009",
             )
         )

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from audit.alerting.coalesce import EVALUATION_PENDING_KEY
 from broker.redis_breaker import redis_breaker
 from celery_app import app
-from sessions_api.emulator import serve_in_thread
+from emulator.server import serve_in_thread
 from tests import canaries
 from tests.constants import CANARY_KEY, OTHER_WORKFLOW_ID, WORKFLOW_ID
 

@@ -63,6 +63,13 @@ def test_plain_http_is_fine_for_an_emulator_on_this_machine(configured, url):
     assert chatkit_settings_check() == []
 
 
+def test_plain_http_to_the_compose_emulator_only_when_allowed_on_purpose(configured):
+    configured.OPENAI_BASE_URL = "http://emulator:8765/v1"
+    assert ids(chatkit_settings_check()) == {"sessions_api.E009"}
+    configured.CHATKIT_ALLOW_HTTP_UPSTREAM = True
+    assert chatkit_settings_check() == []
+
+
 @pytest.mark.parametrize(
     ("debug", "allowed", "refused"),
     [(False, False, True), (False, True, False), (True, False, False)],

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from sessions_api.emulator.faults import GARBAGE_BODY, parse_script
-from sessions_api.emulator.state import RECORDED_BODY_BYTES, EmulatorState
-from sessions_api.emulator.validation import (
+from emulator.faults import GARBAGE_BODY, parse_script
+from emulator.state import RECORDED_BODY_BYTES, EmulatorState
+from emulator.validation import (
     BAD_KEY_MESSAGE,
     BETA_MESSAGE,
     JSON_MESSAGE,

@@ -10,8 +10,8 @@ import pytest
 import requests
 import trustme
 
-from sessions_api import emulator
-from tests.sessions_api.test_emulator import needs_django
+from emulator.server import run
+from tests.emulator.test_emulator import needs_django
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEADERS = {"Authorization": "Bearer sk-test-0123456789abcdefwxyz", "OpenAI-Beta": "chatkit_beta=v1"}
@@ -28,7 +28,7 @@ def test_run_serves_https_with_the_given_certificate(tmp_path):
     server_cert.private_key_pem.write_to_path(key_file)
     code = (
         "import sys\n"
-        "from sessions_api.emulator import run\n"
+        "from emulator.server import run\n"
         "run(port=0, tls_cert=sys.argv[1], tls_key=sys.argv[2],\n"
         "    on_ready=lambda url: print(url, flush=True))\n"
     )
@@ -56,7 +56,7 @@ def test_run_serves_https_with_the_given_certificate(tmp_path):
 
 def test_a_certificate_needs_its_key(tmp_path):
     with pytest.raises(ValueError, match="tls_cert and tls_key go together"):
-        emulator.run(port=0, tls_cert=str(tmp_path / "cert.pem"))
+        run(port=0, tls_cert=str(tmp_path / "cert.pem"))
 
 
 @needs_django

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sessions_api import emulator
+from emulator.faults import SHORTHAND_HELP, parse_script
 
 
 class Command(BaseCommand):
@@ -45,7 +45,7 @@ class Command(BaseCommand):
             help=(
                 "Faults for the next session creations, in order, then normal answers: a JSON "
                 "file, or a comma-separated list such as '500,500,ok,hangup,garbage,hang,429:1,"
-                f"slow:3000'. Tokens: {emulator.SHORTHAND_HELP}."
+                f"slow:3000'. Tokens: {SHORTHAND_HELP}."
             ),
         )
         parser.add_argument(
@@ -86,7 +86,7 @@ class Command(BaseCommand):
         if options["latency_ms"] < 0:
             raise CommandError(f"--latency-ms must be 0 or more, not {options['latency_ms']}.")
         try:
-            script = emulator.parse_script(options["script"]) if options["script"] else None
+            script = parse_script(options["script"]) if options["script"] else None
         except ValueError as exc:
             raise CommandError(f"--script: {exc}") from None
 
@@ -104,7 +104,14 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         try:
-            emulator.run(
+            from emulator.server import run
+        except ImportError as exc:  # aiohttp is a development dependency
+            raise CommandError(
+                f"The emulator is a development tool and needs {exc.name}: "
+                "pip install -r requirements/dev.txt"
+            ) from None
+        try:
+            run(
                 host=options["host"],
                 port=options["port"],
                 on_ready=on_ready,

@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 
-from sessions_api.emulator.faults import _normalise_fault
+from emulator.faults import _normalise_fault
 
 RECORDED_BODY_BYTES = 4096
 

@@ -12,8 +12,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from sessions_api import emulator
-from sessions_api.emulator import EmulatorState, parse_script, serve_in_thread
+from emulator.faults import parse_script
+from emulator.server import build_app, serve_in_thread
+from emulator.state import RECORDED_BODY_BYTES, EmulatorState
+from emulator.validation import (
+    BETA_MESSAGE,
+    JSON_MESSAGE,
+    MISSING_KEY_MESSAGE,
+    SERVER_ERROR_MESSAGE,
+    mask_key,
+)
 
 KEY = "sk-test-0123456789abcdefwxyz"
 HEADERS = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "chatkit_beta=v1"}
@@ -153,12 +161,12 @@ def test_an_unparsable_body_is_kept_truncated(emu):
     create(emu, body=b"{" * 10_000)
     (received,) = emu.state.received()
     assert received["json"] is None
-    assert received["body"] == b"{" * emulator.RECORDED_BODY_BYTES
+    assert received["body"] == b"{" * RECORDED_BODY_BYTES
 
 
 # ----------------------------------------------------------------------------- auth and headers
 
-MISSING_KEY = emulator.MISSING_KEY_MESSAGE
+MISSING_KEY = MISSING_KEY_MESSAGE
 
 
 @pytest.mark.parametrize(
@@ -194,9 +202,9 @@ def test_a_key_not_accepted_is_401_and_masked(emu, key):
 
 def test_masking_follows_openai():
     key = "sk-abc" + "0" * 30 + "wxyz"
-    assert emulator.mask_key(key) == "sk-abc00" + "*" * (len(key) - 12) + "wxyz"
-    assert emulator.mask_key("sk-abcdefghijklmnop") != "sk-abcdefghijklmnop"
-    assert emulator.mask_key("abc") == "***"
+    assert mask_key(key) == "sk-abc00" + "*" * (len(key) - 12) + "wxyz"
+    assert mask_key("sk-abcdefghijklmnop") != "sk-abcdefghijklmnop"
+    assert mask_key("abc") == "***"
 
 
 def test_configured_keys_are_the_only_ones_accepted():
@@ -216,7 +224,7 @@ def test_beta_header_is_required(emu, beta):
     headers = {"Authorization": f"Bearer {KEY}"}
     if beta is not None:
         headers["OpenAI-Beta"] = beta
-    assert_error(create(emu, headers=headers), 400, emulator.BETA_MESSAGE)
+    assert_error(create(emu, headers=headers), 400, BETA_MESSAGE)
 
 
 def test_beta_header_may_list_several_betas(emu):
@@ -227,8 +235,8 @@ def test_beta_header_may_list_several_betas(emu):
 def test_checks_come_in_upstream_order(emu):
     no_beta = {"Authorization": f"Bearer {KEY}"}
     assert create(emu, body="{", headers={}).status_code == 401  # key before everything
-    assert_error(create(emu, body="{", headers=no_beta), 400, emulator.BETA_MESSAGE)
-    assert_error(create(emu, body="nope"), 400, emulator.JSON_MESSAGE)
+    assert_error(create(emu, body="{", headers=no_beta), 400, BETA_MESSAGE)
+    assert_error(create(emu, body="nope"), 400, JSON_MESSAGE)
     body = {"workflow": {"id": "nope"}}  # unknown workflow, and no user
     assert_error(
         create(emu, body),
@@ -245,7 +253,7 @@ def test_checks_come_in_upstream_order(emu):
 @pytest.mark.parametrize("raw", ["", "{", "not json", "[]", '"workflow"', "null", "\xff"])
 def test_a_body_that_is_not_a_json_object_is_400(emu, raw):
     response = create(emu, body=raw.encode("latin-1"))
-    assert_error(response, 400, emulator.JSON_MESSAGE)
+    assert_error(response, 400, JSON_MESSAGE)
     assert response.json()["error"]["message"].startswith(
         "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
         "using your HTTP library correctly."
@@ -451,7 +459,7 @@ def test_cancel_checks_key_then_beta_header(emu):
     session_id = create(emu).json()["id"]
     assert_error(cancel(emu, session_id, headers={}), 401, MISSING_KEY)
     no_beta = {"Authorization": f"Bearer {KEY}"}
-    assert_error(cancel(emu, session_id, headers=no_beta), 400, emulator.BETA_MESSAGE)
+    assert_error(cancel(emu, session_id, headers=no_beta), 400, BETA_MESSAGE)
     assert emu.state.get_session(session_id)["status"] == "active"
 
 
@@ -483,7 +491,7 @@ def test_every_answer_carries_a_request_id(emu):
 
 def test_a_5xx_fault_answers_openais_server_error(emu):
     emu.state.push_faults([{"status": 500}])
-    assert_error(create(emu), 500, emulator.SERVER_ERROR_MESSAGE, type="server_error")
+    assert_error(create(emu), 500, SERVER_ERROR_MESSAGE, type="server_error")
     assert create(emu).status_code == 200  # one fault per request, then normal
 
 
@@ -624,7 +632,7 @@ def test_fail_rate_zero_never_fails():
 )
 def test_bad_options_are_refused(options):
     with pytest.raises(ValueError):
-        emulator.build_app(**options)
+        build_app(**options)
 
 
 # ----------------------------------------------------------------------------- parse_script
@@ -723,13 +731,13 @@ def test_serve_in_thread_reports_a_port_in_use(server):
 
 
 def test_the_emulator_does_not_import_django():
-    code = "import sys, sessions_api.emulator; assert 'django' not in sys.modules, 'django'"
+    code = "import sys, emulator.server; assert 'django' not in sys.modules, 'django'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=30)
 
 
 def test_run_serves_until_sigterm():
     code = (
-        "from sessions_api.emulator import run\n"
+        "from emulator.server import run\n"
         "run(port=0, on_ready=lambda url: print(url, flush=True))\n"
     )
     process = subprocess.Popen(
@@ -777,7 +785,7 @@ def test_command_passes_options_and_prints_the_base_url(monkeypatch):
         seen.update(options)
         options["on_ready"]("http://127.0.0.1:9999/v1")
 
-    monkeypatch.setattr(emulator, "run", fake_run)
+    monkeypatch.setattr("emulator.server.run", fake_run)
     out = StringIO()
     call_command(
         "chatkit_emulator",
@@ -821,7 +829,7 @@ def test_command_passes_options_and_prints_the_base_url(monkeypatch):
 def test_command_refuses_bad_options(monkeypatch, argv):
     from django.core.management import CommandError, call_command
 
-    monkeypatch.setattr(emulator, "run", lambda **options: pytest.fail("should not start"))
+    monkeypatch.setattr("emulator.server.run", lambda **options: pytest.fail("should not start"))
     with pytest.raises(CommandError):
         call_command("chatkit_emulator", *argv)
 
