@@ -151,10 +151,12 @@ def test_300_new_browsers_behind_one_address_are_served_by_default(upstream, set
     settings.CHATKIT_THROTTLE_ANON = "30/min"
     settings.CHATKIT_THROTTLE_ADDRESS = "600/min"
     browsers = [APIClient(REMOTE_ADDR=address) for _ in range(300)]
-    started = time.monotonic()
     answers = [browser.post(URL).status_code for browser in browsers]
     assert answers == [200] * 300
-    assert time.monotonic() - started < 10  # the burst really came within 10 s
+    # One address window held the whole burst (not the pace of this machine): 300 more callers
+    # without a cookie fill it to its 600, and the next is refused.
+    more = [APIClient(REMOTE_ADDR=address).post(URL).status_code for _ in range(301)]
+    assert more == [200] * 300 + [429]
     # Each is then counted by its own cookie: one browser's 30 do not touch the others.
     assert statuses(browsers[0], 31) == [200] * 30 + [429]
     assert browsers[1].post(URL).status_code == 200
