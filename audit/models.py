@@ -171,6 +171,19 @@ class SessionAttempt(models.Model):
                 fields=["api_error_code", "created_at"], name="audit_attempt_errorcode_idx"
             ),
             models.Index(fields=["user_ref", "created_at"], name="audit_attempt_userref_idx"),
+            # The admin's outcome filter: a rare outcome must not walk the whole time index.
+            models.Index(fields=["outcome", "created_at"], name="audit_attempt_outcome_idx"),
+            # The admin's exact search (audit/admin.py); rows without the value are left out.
+            models.Index(
+                fields=["upstream_request_id"],
+                condition=~models.Q(upstream_request_id=""),
+                name="audit_attempt_upstreamid_idx",
+            ),
+            models.Index(
+                fields=["session_id"],
+                condition=~models.Q(session_id=""),
+                name="audit_attempt_session_idx",
+            ),
             # Rows written before the column existed have none: they are left out.
             models.Index(
                 fields=["request_id"],

@@ -30,9 +30,12 @@ class EstimatedCountPaginator(Paginator):
         try:
             with transaction.atomic(using=queryset.db), connection.cursor() as cursor:
                 cursor.execute(f"SET LOCAL statement_timeout = {COUNT_TIMEOUT_MS}")
-                return queryset.count()
+                return self._filtered_count(queryset)
         except OperationalError:
             return self._planner_estimate(connection, queryset)
+
+    def _filtered_count(self, queryset) -> int:
+        return queryset.count()
 
     @staticmethod
     def _table_estimate(connection, table: str) -> int:
@@ -49,3 +52,40 @@ class EstimatedCountPaginator(Paginator):
             plan = cursor.fetchone()[0]
         plan = json.loads(plan) if isinstance(plan, str) else plan
         return int(plan[0]["Plan"]["Plan Rows"])
+
+
+class CappedPaginator(EstimatedCountPaginator):
+    """At most MAX_PAGES pages, and a filtered count that stops at the rows those pages hold.
+
+    Page 9,000 is an OFFSET that reads and discards 900,000 rows; past the cap an operator
+    narrows the date range or follows the keyset link ("older") instead. A filtered count then
+    never needs to go beyond the cap either: counting 10,001 rows is bounded work, counting
+    every success of 90 days is not.
+    """
+
+    MAX_PAGES = 100
+
+    def _filtered_count(self, queryset) -> int:
+        return queryset[: self.row_cap + 1].count()
+
+    @property
+    def row_cap(self) -> int:
+        return self.MAX_PAGES * self.per_page
+
+    @cached_property
+    def num_pages(self) -> int:
+        # Paginator's own figure (cached under the same name, then replaced by this one).
+        return min(super().num_pages, self.MAX_PAGES)
+
+    @property
+    def capped(self) -> bool:
+        """More rows match than the pages show (or the count is an estimate of more)."""
+        return self.count > self.row_cap
+
+    @property
+    def count_label(self) -> str:
+        if not self.capped:
+            return f"{self.count:,}"
+        if self.object_list.query.where:
+            return f"more than {self.row_cap:,}"
+        return f"about {self.count:,}"

@@ -294,6 +294,8 @@ ALERT_ADMIN_BASE_URL = env.str("ALERT_ADMIN_BASE_URL", default="http://127.0.0.1
 # hourly, daily or weekly: how often the error report is built, and the period it covers.
 ERROR_REPORT_PERIOD = env.str("ERROR_REPORT_PERIOD", default="daily")
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=90)
+# The most rows one CSV export of the audit list holds (the newest of the filtered view).
+AUDIT_EXPORT_MAX_ROWS = env.int("AUDIT_EXPORT_MAX_ROWS", default=10_000)
 
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
