@@ -84,8 +84,9 @@ class CappedPaginator(EstimatedCountPaginator):
 
     @property
     def count_label(self) -> str:
-        if not self.capped:
-            return f"{self.count:,}"
-        if self.object_list.query.where:
+        if self.capped and self.object_list.query.where:
             return f"more than {self.row_cap:,}"
-        return f"about {self.count:,}"
+        estimated = connections[self.object_list.db].vendor == "postgresql"
+        if estimated and self.count >= EXACT_COUNT_BELOW:  # the table statistics' figure
+            return f"about {self.count:,}"
+        return f"{self.count:,}"

@@ -3,7 +3,7 @@ from django.db import connection
 
 from audit import paginator as paginator_module
 from audit.models import SessionAttempt
-from audit.paginator import EstimatedCountPaginator
+from audit.paginator import CappedPaginator, EstimatedCountPaginator
 
 pytestmark = pytest.mark.django_db
 
@@ -57,3 +57,14 @@ def test_filtered_count_that_times_out_falls_back_to_the_planner(rows, monkeypat
     paginator = EstimatedCountPaginator(SessionAttempt.objects.filter(outcome="timeout"), 10)
     # The planner's estimate from the statistics (10 of 30 rows), not the 15 rows there are.
     assert paginator.count == 10
+
+
+def test_capped_pages_and_a_filtered_count_that_stops_at_the_cap(rows, monkeypatch):
+    monkeypatch.setattr(CappedPaginator, "MAX_PAGES", 1)
+    paginator = CappedPaginator(SessionAttempt.objects.filter(outcome="success"), 10)
+    assert paginator.num_pages == 1 and paginator.capped
+    assert paginator.count_label == "more than 10"
+    # PostgreSQL counts no further than one row past the cap; SQLite counts exactly.
+    assert paginator.count == (11 if connection.vendor == "postgresql" else 20)
+    small = CappedPaginator(SessionAttempt.objects.filter(outcome="timeout"), 10)
+    assert (small.count, small.count_label, small.capped) == (10, "10", False)
