@@ -270,6 +270,7 @@ def test_export_streams_the_filtered_rows_and_is_logged(admin_client, admin_user
     assert entry.user_id == admin_user.pk and entry.object_repr == "CSV export"
     assert entry.change_message.startswith("Exported 3 session attempts as CSV;")
     assert "status_code__exact=401" in entry.change_message
+    assert entry.get_admin_url() is None  # no object: "Recent actions" shows it unlinked
 
 
 def test_export_stops_at_the_limit_newest_first(admin_client, traffic, settings):
