@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
     atomic = False  # CONCURRENTLY cannot run inside a transaction
 
     dependencies = [
-        ("audit", "0008_opaque_request_id"),
+        ("audit", "0010_config_check"),
     ]
 
     operations = [
