@@ -357,7 +357,7 @@ def test_an_alert_of_another_workflow_is_not_linked(admin_client, traffic, incid
     assert reverse("admin:audit_alert_change", args=[theirs.pk]) in page
 
 
-def test_date_filter_and_utc(admin_client, traffic):
+def test_the_form_shows_a_bound_in_utc_minutes(admin_client, traffic):
     # The form shows a bound in UTC minutes, whatever offset the link carried.
     moment = datetime(2026, 11, 28, 13, 30, tzinfo=UTC).astimezone(timezone.get_fixed_timezone(120))
     query = "?created_at__gte=" + moment.isoformat().replace("+", "%2B")
