@@ -221,7 +221,9 @@ class SessionAttemptAdmin(ReadOnlyAdmin):
                 "“Older attempts” at the foot of a page.",
                 messages.WARNING,
             )
-            return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
+            return HttpResponseRedirect(
+                f"{request.path}?{query.urlencode()}" if query else request.path
+            )
         response = super().changelist_view(request, extra_context)
         if isinstance(response, TemplateResponse) and "cl" in response.context_data:
             changelist = response.context_data["cl"]

@@ -161,7 +161,7 @@ def test_pages_stop_at_the_cap_and_say_so(admin_client, traffic, small_pages):
     cl = response.context["cl"]
     assert cl.paginator.num_pages == 3 and len(cl.result_list) == 2
     page = response.content.decode()
-    assert "only the newest 6 are paged" in page
+    assert "pages stop at 3" in page
     assert "Older attempts" in page
 
 
@@ -193,6 +193,11 @@ def test_the_older_link_walks_every_row_once_even_with_equal_times(
         url = reverse(CHANGELIST) + older if older else None
     assert sorted(seen) == sorted(everything) and len(seen) == len(everything)
     assert pks(tied) <= set(seen)
+
+
+def test_a_page_past_the_cap_without_filters_redirects_to_the_bare_list(admin_client, traffic):
+    response = admin_client.get(reverse(CHANGELIST) + "?p=101")
+    assert response.status_code == 302 and response.url == reverse(CHANGELIST)
 
 
 def test_the_older_link_of_a_pruned_row_lists_nothing(admin_client, traffic):
