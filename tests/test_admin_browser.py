@@ -1,5 +1,6 @@
 """The ops console in a real browser: Debian's Chromium driven by Playwright, never a download."""
 
+import csv
 import math
 import os
 import random
@@ -8,11 +9,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.utils import timezone
 
 from audit.alerting.engine import alerts_evaluate
-from audit.models import Alert, AttemptMinuteStat
+from audit.models import Alert, AlertSilence, AttemptMinuteStat
 from audit.services import session_attempt_record
 from audit.stats import attempt_stats_aggregate
 from tests.factories import record_attempts
@@ -167,4 +170,100 @@ def test_the_dashboard_draws_its_charts(browser_page, live_server, admin_user, i
     page.click("#ops-alerts + table button[value=acknowledge]")
     assert "Acknowledged 1 alert(s)." in page.locator("ul.messagelist").inner_text()
     assert blocked == []
+    connection.close()
+
+
+def log_in(page, live_server, username: str) -> list[str]:
+    blocked = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security" in m.text else None)
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", "a long walk password")
+    page.click("input[type=submit]")
+    return blocked
+
+
+def staff_member(django_user_model, username: str, *, group: str = "", permissions=()):
+    user = django_user_model.objects.create_user(
+        username=username, password="a long walk password", is_staff=True
+    )
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="audit", codename__in=permissions)
+    )
+    return user
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_ops_member_walks_from_the_dashboard_to_a_row_acts_and_exports(
+    browser_page, live_server, django_user_model, incident
+):
+    """Issue 9's walk, as a member of the ops group (not a superuser)."""
+    attempt_stats_aggregate()
+    staff_member(django_user_model, "oncall", group="ops")
+    page = browser_page
+    blocked = log_in(page, live_server, "oncall")
+
+    # The dashboard drew its charts from the statistics.
+    assert page.locator("svg#chart-series rect.chart-ok").count() > 0
+    assert page.locator("svg#chart-series rect.chart-failed").count() > 0
+
+    # The audit list, filtered to the 401s, and one of them opened.
+    page.goto(f"{live_server.url}/admin/audit/sessionattempt/")
+    page.click("#changelist-filter >> text=401")
+    assert page.locator("#result_list tbody tr").count() == 3
+    shots = os.environ.get("SCREENSHOT_DIR")
+    if shots:
+        page.screenshot(path=f"{shots}/audit-list.png", full_page=True)
+    with page.expect_download() as exported:
+        page.click("text=Export CSV")
+    with open(exported.value.path(), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["status_code"] for row in rows] == ["401", "401", "401"]
+
+    page.click("#result_list tbody tr th a >> nth=0")
+    detail = page.locator("#content").inner_text()
+    assert "upstream_auth_failed" in detail and "brk_" in detail
+    page.click("#content a[href*='/admin/audit/alert/']")  # the alert it belongs to
+    assert f"/admin/audit/alert/{incident.pk}/" in page.url
+    if shots:
+        page.screenshot(path=f"{shots}/alert.png", full_page=True)
+
+    # Acknowledge the alert, then silence its rule, from the alert list.
+    page.goto(f"{live_server.url}/admin/audit/alert/")
+    for action, message in (
+        ("acknowledge", "Acknowledged 1 alert(s)."),
+        ("silence_rule_1h", "Silenced upstream_auth for 1 h."),
+    ):
+        page.check("input.action-select")
+        page.select_option("select[name=action]", action)
+        page.click("button[name=index]")
+        assert message in page.locator("ul.messagelist").inner_text()
+    incident.refresh_from_db()
+    assert incident.acknowledged_by == "oncall"
+    assert AlertSilence.objects.get().created_by == "oncall"
+    assert LogEntry.objects.filter(user__username="oncall").exists()  # the export, logged
+    assert blocked == []
+    connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_view_only_operator_sees_no_action_anywhere(
+    browser_page, live_server, django_user_model, incident
+):
+    staff_member(
+        django_user_model,
+        "viewer",
+        permissions=["view_alert", "view_alertsilence", "view_sessionattempt"],
+    )
+    page = browser_page
+    log_in(page, live_server, "viewer")
+    assert page.locator("#ops-alerts + table button").count() == 0
+    page.goto(f"{live_server.url}/admin/audit/alert/")
+    assert "upstream_auth" in page.locator("#result_list").inner_text()
+    assert page.locator("select[name=action]").count() == 0
+    assert page.locator("input.action-select").count() == 0
+    page.goto(f"{live_server.url}/admin/audit/alertsilence/")
+    assert page.locator("a.addlink").count() == 0
     connection.close()
