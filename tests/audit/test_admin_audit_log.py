@@ -148,6 +148,19 @@ def test_only_the_time_can_be_sorted(admin_client, traffic):
     assert page.count('class="sortable') == 1 and "column-created_at" in page
 
 
+@pytest.mark.parametrize("order", ["3", "-8", "3.-9.2"])  # upstream status, user ref, …
+def test_a_sort_typed_into_the_url_on_an_unindexed_column_is_ignored(admin_client, traffic, order):
+    listing = admin_client.get(reverse(CHANGELIST) + f"?o={order}").context["cl"]
+    default = admin_client.get(reverse(CHANGELIST)).context["cl"]
+    assert listing.get_ordering_field_columns() == default.get_ordering_field_columns()
+    assert (
+        str(listing.queryset.query).split("ORDER BY")[1]
+        == str(default.queryset.query).split("ORDER BY")[1]
+    )
+    sorted_by_time = admin_client.get(reverse(CHANGELIST) + "?o=1").context["cl"]
+    assert "created_at" in str(sorted_by_time.queryset.query).split("ORDER BY")[1]
+
+
 @pytest.fixture
 def small_pages(monkeypatch):
     """Pages of 2 rows and at most 3 pages, so the cap shows with a handful of rows."""
