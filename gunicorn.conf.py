@@ -16,6 +16,9 @@
 #   from a pool per process (DB_POOL_MAX_SIZE, 16 by default, broker/settings.py), because a
 #   request holds one only for its audit write.
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
@@ -33,3 +36,32 @@ keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 max_requests = 20000
 max_requests_jitter = 2000
+
+# Prometheus metrics from every worker (broker/metrics.py): each worker writes its values to
+# files of its own in this directory, and /metrics, whichever worker serves it, adds them all
+# up. Set before any worker imports prometheus_client, which reads it at import. Without
+# PROMETHEUS_MULTIPROC_DIR, a fresh directory of this server's own, removed when it stops.
+_metrics_dir_ours = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _metrics_dir_ours:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="broker-metrics-")
+
+
+def on_starting(server):
+    # Files left by an earlier server in a given directory would be counted again.
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):
+    # A worker that exits (max_requests, a crash, a timeout) leaves its counters in the sums,
+    # and its gauges ("the worst of the live processes") leave with it.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir_ours:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

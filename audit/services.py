@@ -105,6 +105,7 @@ def session_attempt_record(
     latency_ms: int | None = None,
     client_ip: str | None = None,
     refusal_key: str = "",
+    request_id: str | None = None,
 ) -> SessionAttempt:
     """Write one audit row, committed before this returns, in a transaction of its own.
 
@@ -112,7 +113,8 @@ def session_attempt_record(
     record of a failed attempt. Text longer than its column is cut to fit: the row is the
     record, and a 151-character username must not cost it. With a refusal_key (a throttled
     caller in one minute), the row of an earlier refusal with that key counts this one instead,
-    and the attempt returned stands for that row.
+    and the attempt returned stands for that row. `request_id` is the row's opaque id when the
+    caller chose it up front (request_id_new), so that its log lines could carry it.
     """
     logged_in = user is not None and user.is_authenticated
     attempt = SessionAttempt(
@@ -137,7 +139,7 @@ def session_attempt_record(
         latency_ms=latency_ms,
         client_ip=client_ip if settings.CHATKIT_AUDIT_CLIENT_IP else None,
         refusal_key=refusal_key,
-        request_id=f"brk_{secrets.token_hex(12)}",
+        request_id=request_id or request_id_new(),
     )
     if started_at is not None:
         attempt.created_at = started_at
@@ -149,6 +151,11 @@ def session_attempt_record(
     if outcome != SessionAttempt.Outcome.SUCCESS:
         alerts_evaluation_request()
     return attempt
+
+
+def request_id_new() -> str:
+    """An audit row's opaque id, which the browser is shown: random, not the row's key."""
+    return f"brk_{secrets.token_hex(12)}"
 
 
 def _cleaned(text: str | None) -> str:

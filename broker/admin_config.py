@@ -6,3 +6,8 @@ class BrokerAdminConfig(AdminConfig):
     imports models, which this class, loaded with INSTALLED_APPS, may not)."""
 
     default_site = "broker.admin_site.BrokerAdminSite"
+
+    def ready(self) -> None:
+        super().ready()
+        # The broker's own checks, registered with the project's one app config of its own.
+        from broker import checks  # noqa: F401

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from broker import metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,6 +39,8 @@ class RedisBreaker:
         with self._lock:
             tripped = self.available()
             self._skip_until = self._clock() + pause
+        # "throttle: TimeoutError" counts as "throttle": the use, not the exception, is a label.
+        metrics.redis_failure_count(what.split(":")[0], pause=pause)
         if tripped:
             logger.warning(
                 "Redis failed (%s); skipping it for %g s: throttles allow, alerts wait for the "

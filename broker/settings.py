@@ -53,6 +53,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a request's log lines must never carry the id of the one its thread served before.
+    "broker.middleware.LogContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "broker.middleware.RejectNulBytesMiddleware",
@@ -185,8 +187,8 @@ CSRF_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SSL_REDIRECT", default=not DEBUG)
-# Load balancers and orchestrators probe these over plain http inside their network.
-SECURE_REDIRECT_EXEMPT = [r"^healthz", r"^readyz"]
+# Load balancers, orchestrators and Prometheus ask these over plain http inside their network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz", r"^readyz", r"^metrics$"]
 # A year, subdomains included, preload-ready: what `check --deploy` asks. Browsers remember it,
 # so lower it (DJANGO_HSTS_SECONDS) while trying https out.
 SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
@@ -404,20 +406,46 @@ if REDIS_URL:
         }
     }
 
+# --- Metrics -------------------------------------------------------------------------------------
+
+# GET /metrics (broker/metrics_endpoint.py) answers only these addresses (read as the throttle
+# reads them, DJANGO_NUM_PROXIES), as IPs or networks; empty: every address. The default is
+# loopback and the private networks a scraper inside the deployment comes from.
+METRICS_ALLOWED_NETWORKS = env.list(
+    "METRICS_ALLOWED_NETWORKS",
+    default=["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+             "fc00::/7"],
+)  # fmt: skip
+# When set, /metrics also wants "Authorization: Bearer <token>" (at least 32 characters).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
 # --- Logging --------------------------------------------------------------------------------------
+
+# plain: one line of text per record; json: one JSON object per line, with the request id of
+# the session request it belongs to (logs.py). The Celery worker follows it too (celery_app.py).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "logs.JsonFormatter"},
     },
     "filters": {
         # Whatever logs a key or a client secret by mistake, it is redacted on its way out.
         "redact": {"()": "redaction.RedactSecretsFilter", "secrets": [OPENAI_API_KEY]},
+        # Django's "Bad Gateway" line for each upstream failure, which we log already.
+        "answered": {"()": "logs.DropAnsweredUpstreamFailures"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["answered", "redact"],
+        },
     },
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
 }

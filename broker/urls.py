@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import path, re_path
 
+from broker.metrics_endpoint import metrics
 from broker.views import liveness, readiness, scheduler_health
 from sessions_api.apis import ChatKitSessionCreateApi
 
@@ -11,6 +12,7 @@ urlpatterns = [
     path("healthz", liveness, name="health"),
     path("readyz", readiness, name="ready"),
     path("healthz/scheduler", scheduler_health, name="health-scheduler"),
+    path("metrics", metrics, name="metrics"),
     # The trailing slash is optional: APPEND_SLASH cannot redirect a POST without losing its body.
     re_path(r"^api/chatkit/session/?$", session_create, name="chatkit-session-create"),
     # The path from the integration guide this service grew out of, so frontends written from it

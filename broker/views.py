@@ -26,9 +26,9 @@ def readiness(request: HttpRequest) -> JsonResponse:
     The cache is reported, never failed on: without Redis the broker still mints and audits,
     counting throttles per process and catching statistics up later.
     """
-    if not _database_answers():
+    if not database_answers():
         return _database_unreachable()
-    cache_ok = _cache_answers()
+    cache_ok = cache_answers()
     return JsonResponse(
         {
             "status": "ok" if cache_ok else "degraded",
@@ -52,7 +52,7 @@ def _database_unreachable() -> JsonResponse:
     return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
 
 
-def _database_answers() -> bool:
+def database_answers() -> bool:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -61,7 +61,7 @@ def _database_answers() -> bool:
         return False
 
 
-def _cache_answers() -> bool:
+def cache_answers() -> bool:
     try:
         cache.get("readiness-probe")
         return True

@@ -5,7 +5,8 @@ thread meanwhile; a storm of them fills every thread. After `failures` calls in 
 failed for the upstream's sake (5xx answers, timeouts, connection failures; a 4xx is the
 request's fault and never counts), the breaker opens: calls fail at once, without a request,
 for `cooldown` seconds. Then one call goes through as a probe, the others still fail at once:
-its success closes the breaker, its failure opens it again. State changes are logged.
+its success closes the breaker, its failure opens it again. State changes are logged, and
+handed to `on_state` ("closed", "half_open", "open"; for the metrics), under the breaker's lock.
 
 Per process, on purpose: it needs no shared state to be correct, and each process learns of an
 outage from its own few failures.
@@ -30,11 +31,17 @@ class Refusal:
 
 class CircuitBreaker:
     def __init__(
-        self, *, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        failures: int,
+        cooldown: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_state: Callable[[str], None] = lambda state: None,
     ) -> None:
         self.threshold = failures
         self.cooldown = cooldown
         self._clock = clock
+        self._on_state = on_state
         self._lock = threading.Lock()
         self._failures = 0  # in a row
         self._open_until: float | None = None  # None: closed
@@ -50,12 +57,14 @@ class CircuitBreaker:
                 return Refusal(self._failures, max(left, 0.0))
             self._probing = True
             logger.warning("Upstream circuit half-open: one call goes through as a probe.")
+            self._on_state("half_open")
             return None
 
     def succeeded(self) -> None:
         with self._lock:
             if self._open_until is not None:
                 logger.warning("Upstream circuit closed: the probe succeeded.")
+                self._on_state("closed")
             self._failures, self._open_until, self._probing = 0, None, False
 
     def failed(self) -> None:
@@ -71,3 +80,4 @@ class CircuitBreaker:
                     self._failures,
                     " (the probe failed)" if probe_failed else "",
                 )
+                self._on_state("open")

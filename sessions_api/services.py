@@ -16,8 +16,10 @@ from django.utils import timezone
 
 from audit.models import SessionAttempt
 from audit.selectors import live_session_ids_for_user
-from audit.services import session_attempt_record
+from audit.services import request_id_new, session_attempt_record
+from broker import metrics
 from celery_app import publish_safely
+from logs import request_id as log_request_id
 from sessions_api import client, errors
 from sessions_api.breaker import CircuitBreaker
 from sessions_api.identity import ChatKitIdentity, user_ref_for_user
@@ -62,9 +64,11 @@ def chatkit_client() -> client.ChatKitClient:
 @lru_cache(maxsize=1)
 def upstream_breaker() -> CircuitBreaker:
     """One per process, like the client it guards."""
+    metrics.circuit_state_set("closed")
     return CircuitBreaker(
         failures=settings.CHATKIT_BREAKER_FAILURES,
         cooldown=settings.CHATKIT_BREAKER_COOLDOWN_SECONDS,
+        on_state=metrics.circuit_state_set,
     )
 
 
@@ -87,6 +91,13 @@ def allowed_workflows() -> set[str]:
     return {wf for wf in [settings.OPENAI_WORKFLOW_ID, *settings.CHATKIT_ALLOWED_WORKFLOWS] if wf}
 
 
+def _workflow_label(workflow_id: str) -> str:
+    """A workflow as a metric label: allowed ones by id, the rest (junk from callers) "other"."""
+    if not workflow_id:
+        return "none"
+    return workflow_id if workflow_id in allowed_workflows() else "other"
+
+
 @dataclass
 class SessionRequest:
     """One request for a session, from the view's first line to its one audit row.
@@ -107,12 +118,26 @@ class SessionRequest:
     request_id: str | None = None  # the row's opaque id, which the browser is shown
     # Set once the row is written, or once writing it failed in the database: never a second.
     recorded: bool = False
+    # The id the row will have, chosen now so that every log line of the request carries it
+    # (logs.py), those before the row is written too.
+    planned_request_id: str = field(default_factory=request_id_new)
+
+    def __post_init__(self) -> None:
+        log_request_id.set(self.planned_request_id)
 
     def record(self, outcome: str, **fields) -> int:
         if self.recorded:
             raise RuntimeError("This request already has its audit row.")
         logged_in = self.user is not None and self.user.is_authenticated
         identity = self.identity
+        # Counted whether or not the row can be written: this is what happened.
+        metrics.attempt_observe(
+            outcome=outcome,
+            status_code=fields.get("status_code"),
+            workflow=_workflow_label(self.workflow_id),
+            attempts=fields.get("attempts", 0),
+            latency_ms=fields.get("latency_ms"),
+        )
         try:
             attempt = session_attempt_record(
                 outcome=outcome,
@@ -123,13 +148,17 @@ class SessionRequest:
                 workflow_id=self.workflow_id,
                 started_at=self.started_at,
                 client_ip=self.client_ip,
+                request_id=self.planned_request_id,
                 **fields,
             )
         except DatabaseError as exc:
             self.recorded = True
+            metrics.AUDIT_WRITE_FAILURES.inc()
             logger.error("Could not write the audit row of a %s attempt: %s", outcome, exc)
             raise errors.AuditUnavailable() from exc
         self.recorded, self.attempt_id, self.request_id = True, attempt.id, attempt.request_id
+        # A throttled refusal counted on its caller's earlier row answers with that row's id.
+        log_request_id.set(attempt.request_id)
         return attempt.id
 
     @property

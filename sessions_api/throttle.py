@@ -29,6 +29,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
+from broker import metrics
 from broker.redis_breaker import redis_breaker
 from sessions_api import errors
 from sessions_api.identity import anon_identity_of
@@ -96,6 +97,7 @@ class SessionCreateThrottle(SimpleRateThrottle):
         if not refused:
             return True
         limit = limits[refused - 1]
+        metrics.THROTTLE_REFUSALS.labels(limit.scope).inc()
         error_class = errors.AnonymousBudgetSpent if limit.scope == "budget" else errors.RateLimited
         raise error_class(retry_after=max(seconds_left, 1), refusal_key=limit.refusal_key())
 

@@ -22,7 +22,7 @@ from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
-from audit.models import Alert, AlertNotification
+from audit.models import Alert, AlertNotification, SessionAttempt
 from celery_app import publish_safely
 
 logger = logging.getLogger(__name__)
@@ -124,12 +124,20 @@ def notification_payload(
         "resolved_reason": resolved_reason,
         "fingerprint": alert.fingerprint,
         "sample_attempt_ids": alert.sample_attempt_ids,
+        # The same attempts by the id their callers were shown (and their log lines carry).
+        "sample_request_ids": _request_ids(alert.sample_attempt_ids),
         "repeat": sequence if event == AlertNotification.Event.FIRING else None,
         "audit_url": audit_url,
         "alert_url": alert_url,
     }
     payload["text"] = notification_text(payload)
     return payload
+
+
+def _request_ids(attempt_ids: list[int]) -> list[str]:
+    ids = SessionAttempt.objects.filter(pk__in=attempt_ids).values_list("pk", "request_id")
+    by_pk = dict(ids)
+    return [by_pk[pk] for pk in attempt_ids if pk in by_pk]  # pruned rows drop out
 
 
 def notification_text(payload: dict) -> str:
@@ -232,7 +240,12 @@ def _send(notification: AlertNotification) -> None:
         send_mail(subject, payload["text"], None, settings.ALERT_EMAIL_TO, fail_silently=False)
     else:
         log = logger.info if payload["status"] == "resolved" else logger.warning
-        log("ALERT %s", payload["text"])
+        # Payloads stored before sample_request_ids existed have none.
+        log(
+            "ALERT %s",
+            payload["text"],
+            extra={"sample_request_ids": payload.get("sample_request_ids")},
+        )
 
 
 def notifications_redeliver(*, limit: int = 200) -> int:
