@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from audit.models import Alert, AlertNotification
+from broker.checks import metrics_access_check
 from celery_app import publish_safely
 from tests.conftest import broker_at
 from tests.constants import OTHER_WORKFLOW_ID, WORKFLOW_ID
@@ -223,3 +224,21 @@ def test_an_empty_network_list_with_a_token_serves_any_address_with_it(settings)
 
 def test_only_get_is_served():
     assert Client().post("/metrics").status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("networks", "token", "debug", "ids"),
+    [
+        (["127.0.0.0/8"], "", False, []),
+        (["127.0.0.0/8", "not-a-network"], "", False, ["broker.E001"]),
+        (["127.0.0.0/8"], "short", False, ["broker.E002"]),
+        (["127.0.0.0/8"], " " + TOKEN, False, ["broker.E002"]),
+        ([], "", False, ["broker.W001"]),
+        ([], "", True, []),  # a developer's machine
+        ([], TOKEN, False, []),
+    ],
+)
+def test_system_checks_refuse_weak_metrics_access(settings, networks, token, debug, ids):
+    settings.METRICS_ALLOWED_NETWORKS, settings.METRICS_TOKEN = networks, token
+    settings.DEBUG = debug
+    assert [message.id for message in metrics_access_check()] == ids
