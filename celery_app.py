@@ -68,7 +68,7 @@ def publish_safely(task_name: str, *, expires: float | None = None, **kwargs) ->
     and the periodic sweep catches up. After a failure, the process does not even try for a few
     seconds, so a silent broker costs one request a timeout, not every request.
     """
-    # The broker package imports this module.
+    # Imported here, not at the top: the broker package imports this module.
     from broker.metrics import ENQUEUE_FAILURES
     from broker.redis_breaker import redis_breaker
 
