@@ -1,4 +1,5 @@
 import contextlib
+import importlib
 import logging
 import os
 import socket
@@ -17,6 +18,19 @@ from celery_app import app
 from emulator.server import serve_in_thread
 from tests import canaries
 from tests.constants import CANARY_KEY, OTHER_WORKFLOW_ID, WORKFLOW_ID
+
+
+@pytest.fixture
+def ops_group(db):
+    """The ops group, as the migrations create it. A transactional test's flush empties every
+    table, auth_group included, so a later test re-creates it the migrations' own way."""
+    from django.apps import apps as installed_apps
+    from django.contrib.auth.models import Group
+
+    for name, step in (("0009_alert_hygiene", "ops_group_create"),
+                       ("0010_config_check", "ops_may_run_the_check")):  # fmt: skip
+        getattr(importlib.import_module(f"audit.migrations.{name}"), step)(installed_apps, None)
+    return Group.objects.get(name="ops")
 
 
 def require_service(name: str, variable: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.utils import timezone
 
@@ -183,12 +183,11 @@ def log_in(page, live_server, username: str) -> list[str]:
     return blocked
 
 
-def staff_member(django_user_model, username: str, *, group: str = "", permissions=()):
+def staff_member(django_user_model, username: str, *, groups=(), permissions=()):
     user = django_user_model.objects.create_user(
         username=username, password="a long walk password", is_staff=True
     )
-    if group:
-        user.groups.add(Group.objects.get(name=group))
+    user.groups.add(*groups)
     user.user_permissions.add(
         *Permission.objects.filter(content_type__app_label="audit", codename__in=permissions)
     )
@@ -197,11 +196,11 @@ def staff_member(django_user_model, username: str, *, group: str = "", permissio
 
 @pytest.mark.django_db(transaction=True)
 def test_an_ops_member_walks_from_the_dashboard_to_a_row_acts_and_exports(
-    browser_page, live_server, django_user_model, incident
+    browser_page, live_server, django_user_model, incident, ops_group
 ):
     """Issue 9's walk, as a member of the ops group (not a superuser)."""
     attempt_stats_aggregate()
-    staff_member(django_user_model, "oncall", group="ops")
+    staff_member(django_user_model, "oncall", groups=[ops_group])
     page = browser_page
     blocked = log_in(page, live_server, "oncall")
 

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -75,9 +75,9 @@ def test_each_action_needs_its_own_permission(django_user_model, alert):
 
 
 def test_the_ops_group_reads_everything_acknowledges_and_silences_and_changes_nothing_else(
-    django_user_model, alert
+    django_user_model, alert, ops_group
 ):
-    ops = staff(django_user_model, "oncall", groups=[Group.objects.get(name="ops")])
+    ops = staff(django_user_model, "oncall", groups=[ops_group])
     for model in ("sessionattempt", "attemptminutestat", "errorreport", "alert"):
         assert ops.get(reverse(f"admin:audit_{model}_changelist")).status_code == 200, model
     user = django_user_model.objects.get(username="oncall")

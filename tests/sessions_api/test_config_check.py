@@ -5,7 +5,6 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
@@ -75,9 +74,11 @@ def test_failing_checks_never_fire_an_alert(upstream, settings):
     assert Alert.objects.get().count == 3
 
 
-def test_the_dashboard_button_runs_the_check_and_logs_who_ran_it(upstream, django_user_model):
+def test_the_dashboard_button_runs_the_check_and_logs_who_ran_it(
+    upstream, django_user_model, ops_group
+):
     operator = django_user_model.objects.create_user(username="oncall", is_staff=True)
-    operator.groups.add(Group.objects.get(name="ops"))
+    operator.groups.add(ops_group)
     client = Client()
     client.force_login(operator)
     assert b"Check the configuration" in client.get(reverse("admin:index")).content
