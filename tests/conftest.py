@@ -2,6 +2,7 @@ import contextlib
 import importlib
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -164,6 +165,37 @@ def broker_at(url: str):
     finally:
         app.conf.broker_url, app.conf.broker_transport_options = previous
         app._after_fork()
+
+
+CHROMIUM = "/usr/bin/chromium"
+# As the machine's notes advise: no background traffic on a machine without internet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def chromium(live_server, monkeypatch):
+    """Debian's Chromium driven by Playwright (never a downloaded browser); closed before the
+    live server stops, so no request thread lingers."""
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are
+    # still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 def suite_database_url() -> str:

@@ -4,7 +4,6 @@ import csv
 import math
 import os
 import random
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,34 +19,10 @@ from audit.services import session_attempt_record
 from audit.stats import attempt_stats_aggregate
 from tests.factories import record_attempts
 
-CHROMIUM = "/usr/bin/chromium"
-# As the machine's notes advise: no background traffic on a machine without internet.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 @pytest.fixture
-def browser_page(live_server, monkeypatch):
-    """A Chromium page; closed before the live server stops, so no request thread lingers."""
-    if not shutil.which(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
-        pytest.skip("needs Debian's chromium (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are
-    # still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser.new_page(viewport={"width": 1400, "height": 900})
-        browser.close()
+def browser_page(chromium):
+    return chromium.new_page(viewport={"width": 1400, "height": 900})
 
 
 def admin_login(page, live_server) -> list[str]:
