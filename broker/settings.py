@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "axes",
     "sessions_api",
     "audit",
+    "chat",
     # The local upstream emulator's command (manage.py chatkit_emulator); a development tool
     # whose aiohttp only requirements/dev.txt installs.
     "emulator",

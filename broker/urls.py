@@ -3,11 +3,14 @@ from django.urls import path, re_path
 
 from broker.metrics_endpoint import metrics
 from broker.views import liveness, readiness, scheduler_health
+from chat.views import chat_identity, chat_page
 from sessions_api.apis import ChatKitSessionCreateApi
 
 session_create = ChatKitSessionCreateApi.as_view()
 
 urlpatterns = [
+    path("", chat_page, name="chat"),
+    path("chat/identity", chat_identity, name="chat-identity"),
     path("admin/", admin.site.urls),
     path("healthz", liveness, name="health"),
     path("readyz", readiness, name="ready"),
