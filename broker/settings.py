@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_celery_results",
     "axes",
+    "corsheaders",
     "sessions_api",
     "audit",
     "chat",
@@ -57,6 +58,9 @@ MIDDLEWARE = [
     # First: a request's log lines must never carry the id of the one its thread served before.
     "broker.middleware.LogContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before anything that answers on its own (WhiteNoise, CommonMiddleware), so that those
+    # answers carry CORS headers too; it answers preflight requests itself.
+    "corsheaders.middleware.CorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "broker.middleware.RejectNulBytesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -211,6 +215,15 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": [NONE],
     }
 }
+
+# --- Frontends on other origins -----------------------------------------------------------------
+
+# Origins (scheme://host[:port]) whose pages may call the API with the browser's cookies; none by
+# default. Only /api/ answers them: the admin and the chat page stay same-origin. A signed-in
+# user's POST from such an origin also needs that origin in DJANGO_CSRF_TRUSTED_ORIGINS.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/api/"
+CORS_ALLOW_CREDENTIALS = True
 
 # --- Django REST framework ----------------------------------------------------------------------
 

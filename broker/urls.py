@@ -4,7 +4,7 @@ from django.urls import path, re_path
 from broker.metrics_endpoint import metrics
 from broker.views import liveness, readiness, scheduler_health
 from chat.views import chat_identity, chat_page
-from sessions_api.apis import ChatKitSessionCreateApi
+from sessions_api.apis import ChatKitSessionCreateApi, csrf_token
 
 session_create = ChatKitSessionCreateApi.as_view()
 
@@ -21,4 +21,6 @@ urlpatterns = [
     # The path from the integration guide this service grew out of, so frontends written from it
     # keep working.
     re_path(r"^api/api/chatkit/session/?$", session_create, name="chatkit-session-create-legacy"),
+    # For frontends on another origin, which cannot read this site's csrftoken cookie.
+    path("api/csrf/", csrf_token, name="csrf-token"),
 ]

@@ -8,6 +8,9 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError
+from django.http import HttpRequest, JsonResponse
+from django.middleware.csrf import get_token
+from django.views.decorators.http import require_GET
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -128,3 +131,12 @@ def _describe(attempt: SessionRequest, data) -> None:
     workflow_id = data.get("workflow_id")
     attempt.workflow_id = workflow_id if isinstance(workflow_id, str) else ""
     attempt.refresh = bool(data.get("current_client_secret"))
+
+
+@require_GET
+def csrf_token(request: HttpRequest) -> JsonResponse:
+    """The CSRF token (and its cookie), for a frontend on another origin: its script cannot read
+    this site's csrftoken cookie. Only origins in CORS_ALLOWED_ORIGINS may read the answer."""
+    response = JsonResponse({"csrf_token": get_token(request)})
+    response["Cache-Control"] = "no-store"
+    return response
