@@ -868,3 +868,13 @@ def test_a_long_incident_is_counted_exactly_while_each_evaluation_counts_only_th
     alert.refresh_from_db()
     assert alert.count == total + 1
     assert alert.settled_until == T0 + timedelta(minutes=178, seconds=30)
+
+
+def test_an_incident_first_evaluated_after_the_settle_margin_counts_only_its_settled_attempts():
+    """Nothing in the recent tail (every attempt is older than two minutes): the count is the
+    settled attempts alone, not one more."""
+    attempts(3)
+    alerts_evaluate(now=T0 + timedelta(minutes=4))
+    alert = Alert.objects.get()
+    assert (alert.count, alert.settled_count) == (3, 3)
+    assert alert.settled_until == T0 + timedelta(minutes=2)
