@@ -43,6 +43,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # The OpenAPI schema, and Swagger UI and Redoc served from our own static files.
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_results",
     "axes",
     "corsheaders",
@@ -234,10 +237,31 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "sessions_api.drf.JSONOnlyNegotiation",
     "EXCEPTION_HANDLER": "sessions_api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Hops of trusted reverse proxies in front of us; decides which X-Forwarded-For entry is
     # the client's address (only used when CHATKIT_AUDIT_CLIENT_IP is on).
     "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=0),
+}
+
+# --- API schema and docs ------------------------------------------------------------------------
+
+# /api/schema/ (OpenAPI 3), /api/docs/ (Swagger UI), /api/docs/redoc/. The error responses are
+# generated from sessions_api/errors.py (sessions_api/openapi.py).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ChatKit session broker",
+    "DESCRIPTION": (
+        "Mints short-lived OpenAI ChatKit client secrets for browsers, and audits every attempt. "
+        'Every error is `{"error": {"code", "message", "request_id"}}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "PREPROCESSING_HOOKS": ["sessions_api.openapi.exclude_legacy_path"],
+    # Swagger UI and Redoc from drf-spectacular-sidecar's files, served by us: no CDN, and the
+    # Content-Security-Policy above holds.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- The upstream and ChatKit ---------------------------------------------------------------------

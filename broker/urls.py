@@ -1,5 +1,11 @@
 from django.contrib import admin
 from django.urls import path, re_path
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerSplitView,
+)
+from rest_framework.negotiation import DefaultContentNegotiation
 
 from broker.metrics_endpoint import metrics
 from broker.views import liveness, readiness, scheduler_health
@@ -23,4 +29,17 @@ urlpatterns = [
     re_path(r"^api/api/chatkit/session/?$", session_create, name="chatkit-session-create-legacy"),
     # For frontends on another origin, which cannot read this site's csrftoken cookie.
     path("api/csrf/", csrf_token, name="csrf-token"),
+    # YAML, or JSON with ?format=json: the API's own negotiation would always pick the first.
+    path(
+        "api/schema/",
+        SpectacularAPIView.as_view(content_negotiation_class=DefaultContentNegotiation),
+        name="schema",
+    ),
+    # The split view serves its start-up script as a file: the CSP allows no inline script.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
+    path(
+        "api/docs/redoc/",
+        SpectacularRedocView.as_view(url_name="schema", template_name="sessions_api/redoc.html"),
+        name="api-docs-redoc",
+    ),
 ]

@@ -11,13 +11,14 @@ from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import get_token
 from django.views.decorators.http import require_GET
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from audit.models import SessionAttempt
-from sessions_api import errors
+from sessions_api import errors, openapi
 from sessions_api.identity import anon_cookie_set, anon_identity_of, identity_resolve
 from sessions_api.services import SessionRequest, chatkit_session_create
 from sessions_api.throttle import SessionCreateThrottle, client_address
@@ -59,12 +60,27 @@ def _warn_forwarded_ignored() -> None:
 class ChatKitSessionCreateApi(APIView):
     """POST → a fresh ChatKit client secret for the caller."""
 
+    @extend_schema_serializer(component_name="SessionRequest")
     class InputSerializer(serializers.Serializer):
-        workflow_id = StrictCharField(required=False, max_length=128)
+        workflow_id = StrictCharField(
+            required=False,
+            max_length=128,
+            help_text="A workflow other than the configured one; only allowed ids are accepted.",
+        )
         # ChatKit JS passes the secret it holds when it wants a new one; only its presence matters.
         current_client_secret = StrictCharField(
-            required=False, allow_null=True, allow_blank=True, max_length=4096
+            required=False,
+            allow_null=True,
+            allow_blank=True,
+            max_length=4096,
+            help_text="The secret ChatKit holds when it asks for a new one: marks a refresh.",
         )
+
+    @extend_schema_serializer(component_name="Session")
+    class OutputSerializer(serializers.Serializer):
+        # For the schema only: post() answers with a plain dict (see there).
+        client_secret = serializers.CharField(help_text="The ChatKit client secret (`ek_…`).")
+        expires_at = serializers.IntegerField(help_text="When it expires, in Unix seconds.")
 
     throttle_classes = [SessionCreateThrottle]
 
@@ -75,6 +91,21 @@ class ChatKitSessionCreateApi(APIView):
         self.attempt = SessionRequest(client_ip=client_ip_of(request))
         self.django_request = request
 
+    @extend_schema(
+        operation_id="chatkit_session_create",
+        summary="Mint a ChatKit client secret for the caller",
+        description=(
+            "Creates a ChatKit session upstream for the caller (a signed-in user, or the "
+            "signed-out browser named by its `chatkit_anon` cookie, set on its first call) and "
+            "answers with its client secret. Every call, answered or refused, is recorded in "
+            "the audit log; an error's `request_id` finds its row. Responses are never cached "
+            "(`Cache-Control: no-store`)."
+        ),
+        request=InputSerializer,
+        responses={200: OutputSerializer, **openapi.error_responses()},
+        parameters=openapi.retry_after_headers(),
+        tags=["sessions"],
+    )
     def post(self, request):
         attempt = self.attempt
         attempt.user = request.user

@@ -2,6 +2,9 @@
 
 Every error leaves as `{"error": {"code", "message", "request_id"}}`, where request_id is the
 audit row's opaque id (`brk_…`; null when nothing was recorded, e.g. a wrong method).
+
+Each class's docstring says when a caller gets it: the OpenAPI schema (sessions_api/openapi.py)
+and the README's error table are generated from these classes, so a new one documents itself.
 """
 
 import logging
@@ -15,9 +18,14 @@ logger = logging.getLogger(__name__)
 
 
 class ApplicationError(Exception):
+    """A bug of ours; the attempt is still recorded, with the outcome `internal_error`."""
+
     status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
     code = "internal_error"
     message = "Something went wrong on our side."
+    # Whether this error's responses carry a Retry-After header (in seconds): what the schema
+    # promises. The raiser supplies the value.
+    sends_retry_after = False
 
     def __init__(
         self,
@@ -40,27 +48,52 @@ class ApplicationError(Exception):
 
 
 class InvalidRequest(ApplicationError):
+    """The body is not valid: malformed JSON, a value of the wrong type, or too long."""
+
     status_code = status.HTTP_400_BAD_REQUEST
     code = "invalid_request"
     message = "The request body is not valid."
 
 
 class RequestTooLarge(ApplicationError):
+    """The body is larger than `CHATKIT_MAX_BODY_BYTES` (16 KB)."""
+
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     code = "invalid_request"
     message = "The request body is too large."
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """The body is sent as something other than `application/json`."""
+
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    message = "Send the body as application/json."
+
+
 class WorkflowNotAllowed(ApplicationError):
+    """The body names a workflow other than `OPENAI_WORKFLOW_ID` or one of
+    `CHATKIT_ALLOWED_WORKFLOWS`.
+    """
+
     status_code = status.HTTP_400_BAD_REQUEST
     code = "workflow_not_allowed"
     message = "This workflow is not available here."
 
 
 class AuthenticationRequired(ApplicationError):
+    """The caller is signed out while `CHATKIT_ALLOW_ANONYMOUS` is false."""
+
     status_code = status.HTTP_401_UNAUTHORIZED
     code = "authentication_required"
     message = "Log in to start a chat."
+
+
+class MethodNotAllowed(ApplicationError):
+    """A method other than POST (OPTIONS aside); nothing is recorded, so `request_id` is null."""
+
+    status_code = status.HTTP_405_METHOD_NOT_ALLOWED
+    code = "method_not_allowed"
+    message = "Method not allowed."
 
 
 class CsrfRejected(exceptions.PermissionDenied):
@@ -68,30 +101,44 @@ class CsrfRejected(exceptions.PermissionDenied):
 
 
 class CsrfFailed(ApplicationError):
+    """A signed-in caller (session cookie) sent no valid CSRF token in `X-CSRFToken`."""
+
     status_code = status.HTTP_403_FORBIDDEN
     code = "csrf_failed"
     message = "CSRF check failed: send the X-CSRFToken header with the csrftoken cookie's value."
 
 
 class RateLimited(ApplicationError):
+    """Too many sessions from one user, browser or address (the throttles)."""
+
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    sends_retry_after = True
     code = "rate_limited"
     message = "Too many chat sessions requested. Try again shortly."
 
 
 class AnonymousBudgetSpent(ApplicationError):
+    """The budget for all signed-out callers together is spent."""
+
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    sends_retry_after = True
     code = "anonymous_budget_spent"
     message = "Too many chats for signed-out visitors right now. Sign in, or try again shortly."
 
 
 class NotConfigured(ApplicationError):
+    """The OpenAI key or workflow is not configured on this server."""
+
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     code = "not_configured"
     message = "Chat is not configured on this server."
 
 
 class AuditUnavailable(ApplicationError):
+    """The attempt could not be recorded (the database is down); a session minted meanwhile
+    is cancelled.
+    """
+
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     code = "audit_unavailable"
     message = (
@@ -100,6 +147,8 @@ class AuditUnavailable(ApplicationError):
 
 
 class UpstreamAuthFailed(ApplicationError):
+    """OpenAI answered 401 or 403: this server's key or project is wrong."""
+
     # 502, never 401: the browser would take a 401 to mean that *it* is logged out.
     status_code = status.HTTP_502_BAD_GATEWAY
     code = "upstream_auth_failed"
@@ -107,42 +156,60 @@ class UpstreamAuthFailed(ApplicationError):
 
 
 class UpstreamWorkflowNotFound(ApplicationError):
+    """OpenAI answered 404: the workflow is not found for this server's key."""
+
     status_code = status.HTTP_502_BAD_GATEWAY
     code = "upstream_workflow_not_found"
     message = "The chat workflow was not found for this server's credentials."
 
 
 class UpstreamRejected(ApplicationError):
+    """OpenAI answered another 4xx (400, 409, 422…): it rejects what was sent."""
+
     status_code = status.HTTP_502_BAD_GATEWAY
     code = "upstream_rejected"
     message = "The chat service rejected the session request."
 
 
 class UpstreamRateLimited(ApplicationError):
+    """OpenAI answered 429."""
+
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    sends_retry_after = True
     code = "upstream_rate_limited"
     message = "The chat service is busy. Try again shortly."
 
 
 class UpstreamUnavailable(ApplicationError):
+    """OpenAI answered 5xx or an unexpected status, or could not be reached, after retries."""
+
     status_code = status.HTTP_502_BAD_GATEWAY
     code = "upstream_unavailable"
     message = "The chat service is unavailable. Try again shortly."
 
 
 class UpstreamCircuitOpen(UpstreamUnavailable):
+    """The last calls to OpenAI failed, in a row (the circuit is open): answered at once,
+    without calling.
+    """
+
     # 503, not 502: we did not call; the upstream failed too often just now (Retry-After says
     # when the next call will be tried).
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    sends_retry_after = True
 
 
 class UpstreamTimedOut(ApplicationError):
+    """OpenAI was too slow: the time budget (`CHATKIT_TOTAL_TIMEOUT`) is spent."""
+
     status_code = status.HTTP_504_GATEWAY_TIMEOUT
     code = "upstream_timeout"
     message = "The chat service took too long to answer."
 
 
 class UpstreamInvalidResponse(ApplicationError):
+    """OpenAI answered 200 with a body that cannot be used."""
+
     status_code = status.HTTP_502_BAD_GATEWAY
     code = "upstream_invalid_response"
     message = "The chat service sent an answer we could not use."
@@ -154,13 +221,9 @@ def as_application_error(exc: Exception) -> ApplicationError | None:
         return exc
     request_id = getattr(exc, "request_id", None)
     if isinstance(exc, exceptions.MethodNotAllowed):
-        error = ApplicationError(str(exc.detail), request_id=request_id)
-        error.status_code, error.code = exc.status_code, "method_not_allowed"
-        return error
+        return MethodNotAllowed(str(exc.detail), request_id=request_id)
     if isinstance(exc, exceptions.UnsupportedMediaType):
-        error = InvalidRequest("Send the body as application/json.", request_id=request_id)
-        error.status_code = exc.status_code
-        return error
+        return UnsupportedMediaType(request_id=request_id)
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         return AuthenticationRequired(request_id=request_id)
     if isinstance(exc, CsrfRejected):
