@@ -257,6 +257,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "PREPROCESSING_HOOKS": ["sessions_api.openapi.exclude_legacy_path"],
+    # A field that refuses "" says so (minLength 1), as the serializers do.
+    "ENFORCE_NON_BLANK_FIELDS": True,
     # Swagger UI and Redoc from drf-spectacular-sidecar's files, served by us: no CDN, and the
     # Content-Security-Policy above holds.
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -15,7 +15,8 @@ from sessions_api import errors
 from sessions_api.openapi import error_classes, error_responses, error_table, when
 
 README = Path(django_settings.BASE_DIR) / "README.md"
-OPERATION = ("/api/chatkit/session/", "post")
+URL = "/api/chatkit/session/"
+OPERATION = (URL, "post")
 
 
 def served_schema(client) -> dict:
@@ -64,6 +65,18 @@ def test_the_request_and_the_success_body(client):
     session = schema["components"]["schemas"]["Session"]
     assert session["required"] == ["client_secret", "expires_at"]
     assert session["properties"]["expires_at"]["type"] == "integer"
+
+
+def test_a_blank_workflow_id_is_invalid_in_the_schema_as_in_the_app(db, api_client, upstream):
+    # Found by the contract fuzzer: the schema let "" through, the serializer refuses it.
+    schema = served_schema(api_client)
+    assert (
+        schema["components"]["schemas"]["SessionRequest"]["properties"]["workflow_id"]["minLength"]
+        == 1
+    )
+    response = api_client.post(URL, {"workflow_id": ""}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
 
 
 def test_every_error_class_is_documented_with_its_status_and_when(client):
