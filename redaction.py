@@ -18,7 +18,9 @@ _PATTERNS = (
     # Never ends on ".", so the full stop after a key in a sentence survives.
     (re.compile(r"sk-[A-Za-z0-9_*.\-]{5,}[A-Za-z0-9_*\-]"), "sk-" + REDACTED),
     (re.compile(r"ek_[A-Za-z0-9_]{10,}"), "ek_" + REDACTED),
-    (re.compile(r"(?i)\b(bearer)\s+[^\s\"'<>,;]+"), r"\1 " + REDACTED),
+    # Any control character between the word and the token counts as a space: clean_text turns
+    # it into one, and "Bearer\x01token" must not come out as "Bearer token".
+    (re.compile(r"(?i)\b(bearer)[\s\x00-\x1f\x7f-\x9f]+[^\s\"'<>,;]+"), r"\1 " + REDACTED),
 )
 # C0/C1 control characters and Unicode line separators: they forge or break log lines.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
