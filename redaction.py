@@ -39,7 +39,9 @@ def clean_text(text: str, *, limit: int = 2048, secrets: Iterable[str] = ()) -> 
     """One safe line of at most `limit` characters ("…" included), for logs and audit columns."""
     # Redact before truncating: a cut could leave a key prefix too short for the patterns.
     text = _CONTROL.sub(" ", redact(text, secrets))
-    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…" if limit > 0 else ""  # no room even for the "…"
 
 
 class RedactSecretsFilter(logging.Filter):

@@ -46,8 +46,9 @@ def left_over(text: str) -> list[str]:
 
 @PROPERTY
 @given(text=st.text(st.characters(codec=None)), limit=limits, secret=st.text(max_size=30))
-def test_clean_text_never_crashes_never_breaks_a_line(text, limit, secret):
+def test_clean_text_never_crashes_never_breaks_a_line_and_keeps_to_its_cap(text, limit, secret):
     cleaned = clean_text(text, limit=limit, secrets=[secret])
+    assert len(cleaned) <= limit
     assert not CONTROL.search(cleaned)
     assert len(cleaned.splitlines()) <= 1
 
