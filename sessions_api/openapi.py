@@ -19,7 +19,7 @@ LEGACY_PREFIX = "/api/api/"
 
 
 def error_classes() -> list[type[errors.ApplicationError]]:
-    """Every error the API answers with, the base class (internal_error) first, then by status."""
+    """Every error the API answers with (the base class is internal_error), by status and code."""
     found, pending = [], [errors.ApplicationError]
     while pending:
         error_class = pending.pop()
