@@ -2,11 +2,14 @@
 
 import pytest
 
-from tests.test_admin_browser import browser_page  # noqa: F401 - the shared Chromium page
-
 pytestmark = pytest.mark.django_db(transaction=True)
 
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@pytest.fixture
+def page(chromium):
+    return chromium.new_page(viewport={"width": 1400, "height": 900})
 
 
 def watch(page) -> list[str]:
@@ -29,11 +32,7 @@ def watch(page) -> list[str]:
     return problems
 
 
-def test_swagger_ui_renders_the_session_operation_and_its_errors(
-    browser_page,  # noqa: F811
-    live_server,
-):
-    page = browser_page
+def test_swagger_ui_renders_the_session_operation_and_its_errors(page, live_server):
     problems = watch(page)
     page.goto(f"{live_server.url}/api/docs/")
 
@@ -49,8 +48,7 @@ def test_swagger_ui_renders_the_session_operation_and_its_errors(
     assert problems == [], "\n".join(problems)
 
 
-def test_redoc_renders_the_session_operation(browser_page, live_server):  # noqa: F811
-    page = browser_page
+def test_redoc_renders_the_session_operation(page, live_server):
     problems = watch(page)
     page.goto(f"{live_server.url}/api/docs/redoc/")
 
