@@ -10,7 +10,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from broker.metrics_endpoint import metrics
 from broker.views import liveness, readiness, scheduler_health
 from chat.views import chat_identity, chat_page
-from sessions_api.apis import ChatKitSessionCreateApi, csrf_token
+from sessions_api.apis import ChatKitSessionCreateApi, CsrfTokenApi
 
 session_create = ChatKitSessionCreateApi.as_view()
 
@@ -28,7 +28,7 @@ urlpatterns = [
     # keep working.
     re_path(r"^api/api/chatkit/session/?$", session_create, name="chatkit-session-create-legacy"),
     # For frontends on another origin, which cannot read this site's csrftoken cookie.
-    path("api/csrf/", csrf_token, name="csrf-token"),
+    path("api/csrf/", CsrfTokenApi.as_view(), name="csrf-token"),
     # YAML, or JSON with ?format=json: the API's own negotiation would always pick the first.
     path(
         "api/schema/",

@@ -8,9 +8,7 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError
-from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import get_token
-from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
@@ -164,10 +162,25 @@ def _describe(attempt: SessionRequest, data) -> None:
     attempt.refresh = bool(data.get("current_client_secret"))
 
 
-@require_GET
-def csrf_token(request: HttpRequest) -> JsonResponse:
+class CsrfTokenApi(APIView):
     """The CSRF token (and its cookie), for a frontend on another origin: its script cannot read
     this site's csrftoken cookie. Only origins in CORS_ALLOWED_ORIGINS may read the answer."""
-    response = JsonResponse({"csrf_token": get_token(request)})
-    response["Cache-Control"] = "no-store"
-    return response
+
+    authentication_classes = []  # the token is for whoever asks; it is bound to their cookie
+    permission_classes = []
+
+    @extend_schema_serializer(component_name="CsrfToken")
+    class OutputSerializer(serializers.Serializer):
+        csrf_token = serializers.CharField(
+            help_text="Send it as X-CSRFToken with each POST, with credentials: 'include'."
+        )
+
+    @extend_schema(
+        summary="Get a CSRF token (frontends on another origin)",
+        responses={200: OutputSerializer},
+        auth=[],
+    )
+    def get(self, request):
+        response = Response({"csrf_token": get_token(request)})
+        response["Cache-Control"] = "no-store"
+        return response

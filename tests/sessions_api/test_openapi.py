@@ -45,11 +45,16 @@ def test_the_schema_is_served_as_yaml_by_default(client):
     assert response.content.startswith(b"openapi: 3.0.3")
 
 
-def test_the_schema_documents_one_path_and_no_health_or_legacy_path(client):
+def test_the_schema_documents_the_api_and_no_health_or_legacy_path(client):
     schema = served_schema(client)
     # The guide's old path answers the same view; health checks are for load balancers.
-    assert list(schema["paths"]) == ["/api/chatkit/session/"]
+    assert list(schema["paths"]) == ["/api/chatkit/session/", "/api/csrf/"]
     assert list(schema["paths"]["/api/chatkit/session/"]) == ["post"]
+    csrf = schema["paths"]["/api/csrf/"]["get"]
+    assert "security" not in csrf and "security" not in schema  # nothing to sign in for
+    body = csrf["responses"]["200"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/CsrfToken"}
+    assert list(schema["components"]["schemas"]["CsrfToken"]["properties"]) == ["csrf_token"]
 
 
 def test_the_request_and_the_success_body(client):
