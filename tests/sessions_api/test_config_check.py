@@ -7,13 +7,16 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import DatabaseError
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from audit.alerting.engine import alerts_evaluate
 from audit.models import Alert, SessionAttempt
-from sessions_api.config_check import CHECK_USER_REF
+from sessions_api import client, services
+from sessions_api.config_check import CHECK_USER_REF, chatkit_config_check
+from sessions_api.services import chatkit_client
 from tests.factories import record_attempts
 
 pytestmark = pytest.mark.django_db
@@ -100,3 +103,53 @@ def test_the_check_needs_its_permission_and_a_post(upstream, django_user_model, 
     assert client.post(CHECK).status_code == 403
     assert admin_client.get(CHECK).status_code == 405
     assert not SessionAttempt.objects.exists() and not upstream.state.sessions
+
+
+def test_a_session_minted_but_not_cancelled_fails_the_check_and_says_it_expires(
+    upstream, monkeypatch
+):
+    def refused(session_id):
+        raise client.UpstreamHTTPError(status_code=500, error_message="cancel is down")
+
+    monkeypatch.setattr(chatkit_client(), "cancel_session", refused)
+    result = chatkit_config_check()
+
+    attempt = SessionAttempt.objects.get()
+    assert (result.ok, result.attempt) == (False, attempt)
+    assert result.summary.startswith(
+        f"FAILED: minted a session in {attempt.latency_ms} ms but could not cancel it ("
+    )
+    assert "cancel is down" in result.summary and "it expires on its own." in result.summary
+    assert result.summary.endswith(
+        f"(upstream request {attempt.upstream_request_id}, audit row {attempt.request_id})"
+    )
+    [session] = upstream.state.sessions.values()
+    assert session["status"] == "active"
+
+
+def test_a_check_that_never_reached_the_upstream_names_no_upstream_request(upstream, settings):
+    settings.OPENAI_WORKFLOW_ID = ""
+    result = chatkit_config_check()
+    attempt = SessionAttempt.objects.get()
+    assert (result.ok, result.attempt, attempt.anonymous) == (False, attempt, False)
+    assert result.summary == (
+        "FAILED: not_configured (not_configured) Not set on the server: OPENAI_WORKFLOW_ID. "
+        f"(upstream request none, audit row {attempt.request_id})"
+    )
+
+
+def test_a_check_whose_row_cannot_be_written_says_so(upstream, monkeypatch):
+    def database_down(**fields):
+        raise DatabaseError("the database is down")
+
+    monkeypatch.setattr(services, "session_attempt_record", database_down)
+    result = chatkit_config_check()
+    assert (result.ok, result.attempt) == (False, None)
+    assert result.summary.startswith("FAILED: audit_unavailable: ")
+    assert result.summary.endswith("(no audit row could be written).")
+
+
+def test_the_check_user_is_a_signed_in_kind_of_caller_not_an_anonymous_browser(upstream):
+    result = chatkit_config_check()
+    assert result.ok is True
+    assert (result.attempt.anonymous, result.attempt.user_id) == (False, None)
