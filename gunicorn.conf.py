@@ -37,6 +37,33 @@ accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 max_requests = 20000
 max_requests_jitter = 2000
 
+# LOG_FORMAT=json: gunicorn's own lines (start-up, workers, access) are JSON as well, with the
+# same formatter and the same redaction as the application's (logs.py, redaction.py).
+if os.environ.get("LOG_FORMAT") == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "logs.JsonFormatter"}},
+        "filters": {
+            "redact": {
+                "()": "redaction.RedactSecretsFilter",
+                "secrets": [os.environ.get("OPENAI_API_KEY", "")],
+            }
+        },
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "filters": ["redact"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            name: {"handlers": ["console"], "level": "INFO", "propagate": False}
+            for name in ("gunicorn.error", "gunicorn.access")
+        },
+    }
+
 # Prometheus metrics from every worker (broker/metrics.py): each worker writes its values to
 # files of its own in this directory, and /metrics, whichever worker serves it, adds them all
 # up. Set before any worker imports prometheus_client, which reads it at import. Without

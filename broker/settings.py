@@ -5,6 +5,7 @@ django-environ. `.env.example` lists each variable with a one-line comment. The 
 zero-setup ones `make run` relies on: SQLite, an embedded filesystem Celery broker, no Redis.
 """
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -489,3 +490,7 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
 }
+if LOG_FORMAT == "json":
+    # A Python warning becomes a log record (logger py.warnings), so it is a JSON line too
+    # rather than raw text between them.
+    logging.captureWarnings(True)
