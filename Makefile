@@ -35,11 +35,14 @@ bench: $(VENV)/.installed
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/alert_latency.py
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/compare.py
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/load_faults.py --kill-redis-at 0.5
+	$(PY) bench/fault_table.py
+	$(PY) bench/metrics_cost.py
 
-## The audit admin over 10,000,000 rows (issue 9). Not in `bench`: seeding takes about six
+## The audit admin over 10,000,000 rows and the dashboard over 90 days (issue 9). Not in `bench`: seeding takes about six
 ## minutes the first time (the rows stay in broker_bench_admin and later runs reuse them).
 bench-admin: $(VENV)/.installed
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/admin_audit.py
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/admin_dashboard.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
