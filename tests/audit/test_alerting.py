@@ -6,14 +6,13 @@ from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 
 import pytest
-from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from audit.alerting import coalesce, sweep
+from audit.alerting import sweep
 from audit.alerting.engine import alerts_evaluate, fingerprint
 from audit.alerting.rules import DEFAULT_RULES, AlertRule, alert_rules_resolve
 from audit.checks import alerting_settings_check
@@ -26,24 +25,13 @@ from audit.models import (
     SessionAttempt,
 )
 from audit.services import session_attempt_record
-from broker.redis_breaker import redis_breaker
 from sessions_api import errors
 from tests.factories import record_attempts
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("alert_settings")]
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 WF = "wf_alerting"
-
-
-@pytest.fixture(autouse=True)
-def alert_settings(settings):
-    settings.ALERT_WEBHOOK_URL = "http://127.0.0.1:9/hook"  # deliveries are not under test here
-    settings.ALERT_EMAIL_TO = []
-    settings.ALERT_RULES = {}
-    settings.ALERT_REPEAT_INTERVAL_SECONDS = 3600
-    settings.ALERT_QUIET_PERIOD_SECONDS = 600
-    return settings
 
 
 def attempts(n, *, at=T0, workflow=WF, **kwargs) -> list[SessionAttempt]:
@@ -421,49 +409,6 @@ def test_two_evaluations_at_once_make_one_incident_and_one_notification():
     assert errors == []
     assert Alert.objects.count() == 1
     assert firing_events() == [("firing", 0)]
-
-
-def test_a_burst_of_failures_asks_for_one_evaluation_until_it_starts(
-    monkeypatch, django_capture_on_commit_callbacks
-):
-    enqueued = []
-    monkeypatch.setattr(coalesce, "publish_safely", lambda task, **kw: enqueued.append(task) or 1)
-    cache.delete(coalesce.EVALUATION_PENDING_KEY)
-
-    with django_capture_on_commit_callbacks(execute=True):
-        for _ in range(1000):
-            coalesce.alerts_evaluation_request()
-    assert len(enqueued) == 1
-
-    # Once the evaluation starts, the next failure asks for a fresh one.
-    coalesce.evaluation_started()
-    with django_capture_on_commit_callbacks(execute=True):
-        coalesce.alerts_evaluation_request()
-    assert len(enqueued) == 2
-
-
-def test_a_lost_enqueue_does_not_block_the_next_request(
-    monkeypatch, django_capture_on_commit_callbacks
-):
-    monkeypatch.setattr(coalesce, "publish_safely", lambda task, **kw: False)
-    cache.delete(coalesce.EVALUATION_PENDING_KEY)
-    with django_capture_on_commit_callbacks(execute=True):
-        coalesce.alerts_evaluation_request()
-    assert cache.get(coalesce.EVALUATION_PENDING_KEY) is None
-
-
-def test_with_redis_failing_the_request_leaves_the_evaluation_to_the_sweep(
-    monkeypatch, django_capture_on_commit_callbacks, unreachable_cache
-):
-    enqueued = []
-    monkeypatch.setattr(coalesce, "publish_safely", lambda task, **kw: enqueued.append(task))
-    with django_capture_on_commit_callbacks(execute=True):
-        coalesce.alerts_evaluation_request()  # the cache fails: Redis is paused
-    monkeypatch.setattr(coalesce, "cache", None)  # not even asked while paused
-    with django_capture_on_commit_callbacks(execute=True):
-        coalesce.alerts_evaluation_request()
-    assert enqueued == []
-    assert not redis_breaker.available()
 
 
 def test_a_failing_sweep_step_does_not_stop_the_others(monkeypatch, settings, mailoutbox):
