@@ -42,7 +42,11 @@ MODULES: dict[str, list[str]] = {
     "sessions_api/breaker.py": ["tests/sessions_api/test_breaker.py"],
     "audit/alerting/rules.py": ["tests/audit/test_alerting.py", "tests/audit/test_notify.py"],
     "audit/alerting/engine.py": ["tests/audit/test_alerting.py", "tests/audit/test_notify.py"],
-    "audit/alerting/notify.py": ["tests/audit/test_notify.py", "tests/audit/test_alerting.py"],
+    "audit/alerting/notify.py": [
+        "tests/audit/test_notify.py",
+        "tests/audit/test_notify_messages.py",
+        "tests/audit/test_alerting.py",
+    ],
     "audit/alerting/coalesce.py": ["tests/audit/test_coalesce.py", "tests/audit/test_alerting.py"],
     "sessions_api/config_check.py": ["tests/sessions_api/test_config_check.py"],
     "audit/stats.py": ["tests/audit/test_stats.py"],

@@ -1,6 +1,9 @@
 """Delivering alert notifications: webhook over a real socket, email, claims and retries."""
 
 import json
+import logging
+import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -196,3 +199,122 @@ def test_a_webhook_that_is_not_http_is_never_opened(sink, notifications, setting
 
     with pytest.raises(NotificationDeliveryError, match="not an http"):
         notification_deliver(notification_id=webhook.pk)
+
+
+def test_the_webhook_receiver_gets_a_json_post_with_the_whole_payload(sink, notifications):
+    sink.expect_request("/hook").respond_with_data("ok")
+    webhook = notifications["webhook"]
+    assert notification_deliver(notification_id=webhook.pk)
+
+    [(request, _)] = sink.log
+    assert (request.method, request.path) == ("POST", "/hook")
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"] == "chatkit-session-broker"
+    assert json.loads(request.data) == webhook.payload
+
+
+def test_a_webhook_slower_than_its_timeout_is_a_failure_to_retry(sink, notifications, settings):
+    settings.ALERT_WEBHOOK_TIMEOUT = 0.2
+
+    def stalls(request):
+        time.sleep(1)
+        return Response("late")
+
+    sink.expect_request("/hook").respond_with_handler(stalls)
+    webhook = notifications["webhook"]
+    with pytest.raises(NotificationDeliveryError):
+        notification_deliver(notification_id=webhook.pk)
+    webhook.refresh_from_db()
+    assert webhook.status == "pending" and "timed out" in webhook.last_error
+
+
+def test_the_email_subject_is_the_first_sentence_and_the_body_the_whole_text(
+    sink, notifications, mailoutbox, settings
+):
+    email = notifications["email"]
+    assert notification_deliver(notification_id=email.pk)
+
+    [mail] = mailoutbox
+    assert mail.subject == (
+        "[CRITICAL] upstream_auth: upstream 401 on wf_notify, 3 since 2026-11-28T12:00:00+00:00"
+        " (threshold 3 in 5 min)"
+    )
+    assert mail.body == email.payload["text"]
+    assert (mail.from_email, mail.to) == (settings.DEFAULT_FROM_EMAIL, ["ops@example.com"])
+
+
+def test_a_long_workflow_id_is_cut_from_the_email_subject(sink, mailoutbox):
+    workflow = "wf_" + "a" * 125  # the longest the audit log keeps
+    record_attempts(3, at=T0, workflow=workflow)
+    [email] = [n for n in alerts_evaluate(now=T0 + timedelta(minutes=1)) if n.channel == "email"]
+    assert notification_deliver(notification_id=email.pk)
+
+    [mail] = mailoutbox
+    assert mail.subject == f"[CRITICAL] upstream_auth: upstream 401 on {workflow}"[:150]
+    assert len(mail.subject) == 150 and workflow in mail.body
+
+
+def test_the_log_channel_warns_while_firing_and_informs_when_resolved(sink, caplog):
+    caplog.set_level(logging.INFO, logger="audit.alerting.notify")
+    attempts = record_attempts(3, at=T0, workflow="wf_notify")
+    firing = {n.channel: n for n in alerts_evaluate(now=T0 + timedelta(minutes=1))}
+    alerts_evaluate(now=T0 + timedelta(minutes=6))
+    resolved = {n.channel: n for n in alerts_evaluate(now=T0 + timedelta(minutes=16))}
+
+    for notification in (firing["log"], resolved["log"]):
+        assert notification_deliver(notification_id=notification.pk)
+    records = [r for r in caplog.records if r.getMessage().startswith("ALERT ")]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("WARNING", "ALERT " + firing["log"].payload["text"]),
+        ("INFO", "ALERT " + resolved["log"].payload["text"]),
+    ]
+    # In the JSON log, the ids the failing callers were shown, to find their requests.
+    assert records[0].sample_request_ids == [a.request_id for a in reversed(attempts)]
+
+
+def test_a_failing_webhook_records_the_error_and_when_to_try_again(sink, notifications, caplog):
+    caplog.set_level(logging.WARNING, logger="audit.alerting.notify")
+    sink.expect_request("/hook").respond_with_response(Response("down", status=503))
+    webhook = notifications["webhook"]
+    moment = datetime.now(UTC)
+
+    with time_machine.travel(moment, tick=False), pytest.raises(NotificationDeliveryError) as exc:
+        notification_deliver(notification_id=webhook.pk)
+
+    countdown = exc.value.countdown
+    error = "HTTPError: HTTP Error 503: SERVICE UNAVAILABLE"
+    webhook.refresh_from_db()
+    assert (webhook.status, webhook.attempts, webhook.last_error) == ("pending", 1, error)
+    assert webhook.claimed_until == moment + timedelta(seconds=countdown - 1)
+    assert webhook.queued_at == moment + timedelta(seconds=countdown)
+    assert webhook.sent_at is None
+    assert f"Alert notification {webhook.pk} failed: {error}" in caplog.messages
+
+
+def test_the_last_failure_marks_the_notification_failed(sink, notifications):
+    sink.expect_request("/hook").respond_with_response(Response("gone", status=410))
+    webhook = notifications["webhook"]
+    AlertNotification.objects.filter(pk=webhook.pk).update(attempts=MAX_ATTEMPTS - 1)
+    moment = datetime.now(UTC)
+
+    with time_machine.travel(moment, tick=False):
+        assert notification_deliver(notification_id=webhook.pk) is False
+
+    webhook.refresh_from_db()
+    assert (webhook.status, webhook.attempts) == ("failed", MAX_ATTEMPTS)
+    assert webhook.last_error == "HTTPError: HTTP Error 410: GONE"
+    assert notifications_redeliver() == 0  # never queued again
+    assert webhook.queued_at > moment and webhook.sent_at is None
+
+
+@pytest.mark.parametrize(
+    ("failures", "shortest", "longest"),
+    [(1, 4, 6), (2, 8, 12), (3, 16, 24), (7, 256, 384), (8, 480, 720), (20, 480, 720)],
+)
+def test_retry_delays_double_from_5_seconds_up_to_10_minutes_give_or_take_a_fifth(
+    monkeypatch, failures, shortest, longest
+):
+    monkeypatch.setattr(random, "uniform", lambda low, high: low)
+    assert notify.retry_delay(failures) == shortest
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    assert notify.retry_delay(failures) == longest
