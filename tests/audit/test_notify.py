@@ -3,6 +3,7 @@
 import json
 import logging
 import random
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -318,3 +319,58 @@ def test_retry_delays_double_from_5_seconds_up_to_10_minutes_give_or_take_a_fift
     assert notify.retry_delay(failures) == shortest
     monkeypatch.setattr(random, "uniform", lambda low, high: high)
     assert notify.retry_delay(failures) == longest
+
+
+def test_a_sent_notification_records_when_and_holds_no_claim(sink, notifications):
+    sink.expect_request("/hook").respond_with_data("ok")
+    webhook = notifications["webhook"]
+    moment = datetime.now(UTC)
+    with time_machine.travel(moment, tick=False):
+        assert notification_deliver(notification_id=webhook.pk)
+
+    webhook.refresh_from_db()
+    assert (webhook.status, webhook.sent_at, webhook.claimed_until) == ("sent", moment, None)
+
+
+def test_an_unreachable_mail_server_leaves_the_email_to_retry(sink, notifications, settings):
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 2
+    email = notifications["email"]
+
+    with pytest.raises(NotificationDeliveryError):
+        notification_deliver(notification_id=email.pk)
+    email.refresh_from_db()
+    assert (email.status, email.sent_at) == ("pending", None)
+    assert email.last_error.startswith("ConnectionRefusedError: ")
+
+
+def test_a_receivers_long_error_is_kept_to_2000_characters(sink, notifications):
+    """The reason phrase of a 503 is the receiver's to choose, however long."""
+    reason = "Service Unavailable: " + "maintenance window " * 200
+    sink.expect_request("/hook").respond_with_response(Response("", status=f"503 {reason}"))
+    webhook = notifications["webhook"]
+    with pytest.raises(NotificationDeliveryError):
+        notification_deliver(notification_id=webhook.pk)
+
+    webhook.refresh_from_db()
+    assert webhook.last_error == f"HTTPError: HTTP Error 503: {reason}"[:2000]
+    assert len(webhook.last_error) == 2000
+
+
+def test_a_sweep_queues_at_most_its_limit_and_the_rest_next_time(
+    sink, notifications, monkeypatch, django_capture_on_commit_callbacks
+):
+    published = []
+    monkeypatch.setattr(notify, "publish_safely", lambda *a, **kw: published.append(kw) or True)
+    AlertNotification.objects.update(queued_at=None)  # all three lost
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert notifications_redeliver(limit=2) == 2
+        assert notifications_redeliver(limit=2) == 1
+        assert notifications_redeliver(limit=2) == 0
+    assert sorted(kw["notification_id"] for kw in published) == sorted(
+        n.pk for n in notifications.values()
+    )
