@@ -198,8 +198,10 @@ def test_a_webhook_that_is_not_http_is_never_opened(sink, notifications, setting
     settings.ALERT_WEBHOOK_URL = secret.as_uri()
     webhook = notifications["webhook"]
 
-    with pytest.raises(NotificationDeliveryError, match="not an http"):
+    with pytest.raises(NotificationDeliveryError):
         notification_deliver(notification_id=webhook.pk)
+    webhook.refresh_from_db()
+    assert webhook.last_error == "ValueError: ALERT_WEBHOOK_URL is not an http(s) URL."
 
 
 def test_the_webhook_receiver_gets_a_json_post_with_the_whole_payload(sink, notifications):
@@ -208,7 +210,9 @@ def test_the_webhook_receiver_gets_a_json_post_with_the_whole_payload(sink, noti
     assert notification_deliver(notification_id=webhook.pk)
 
     [(request, _)] = sink.log
-    assert (request.method, request.path) == ("POST", "/hook")
+    # The request line as sent (werkzeug's request.method upper-cases it): methods are
+    # case-sensitive, and a strict receiver refuses "post".
+    assert (request.environ["REQUEST_METHOD"], request.path) == ("POST", "/hook")
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["User-Agent"] == "chatkit-session-broker"
     assert json.loads(request.data) == webhook.payload
@@ -374,3 +378,28 @@ def test_a_sweep_queues_at_most_its_limit_and_the_rest_next_time(
     assert sorted(kw["notification_id"] for kw in published) == sorted(
         n.pk for n in notifications.values()
     )
+
+
+def test_a_second_worker_arriving_during_the_send_sends_nothing(sink, notifications):
+    """The claim outlasts the send: a duplicate task run meanwhile finds the row held."""
+    log = notifications["log"]
+    during_send = []
+
+    class SecondWorker(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("ALERT "):
+                held = AlertNotification.objects.get(pk=log.pk).claimed_until
+                during_send.append((notification_deliver(notification_id=log.pk), held))
+
+    moment = datetime.now(UTC)
+    handler = SecondWorker()
+    logging.getLogger("audit.alerting.notify").addHandler(handler)
+    try:
+        with time_machine.travel(moment, tick=False):
+            assert notification_deliver(notification_id=log.pk) is True
+    finally:
+        logging.getLogger("audit.alerting.notify").removeHandler(handler)
+
+    assert during_send == [(False, moment + timedelta(seconds=notify.CLAIM_SECONDS))]
+    log.refresh_from_db()
+    assert (log.status, log.attempts) == ("sent", 1)
