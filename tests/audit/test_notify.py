@@ -368,14 +368,18 @@ def test_a_sweep_queues_at_most_its_limit_and_the_rest_next_time(
     sink, notifications, monkeypatch, django_capture_on_commit_callbacks
 ):
     published = []
-    monkeypatch.setattr(notify, "publish_safely", lambda *a, **kw: published.append(kw) or True)
+    monkeypatch.setattr(
+        notify, "publish_safely", lambda task, **kw: published.append((task, kw)) or True
+    )
     AlertNotification.objects.update(queued_at=None)  # all three lost
 
     with django_capture_on_commit_callbacks(execute=True):
         assert notifications_redeliver(limit=2) == 2
         assert notifications_redeliver(limit=2) == 1
         assert notifications_redeliver(limit=2) == 0
-    assert sorted(kw["notification_id"] for kw in published) == sorted(
+    # The task a worker runs, by the name it is registered under.
+    assert {task for task, _ in published} == {deliver_notification.name}
+    assert sorted(kw["notification_id"] for _, kw in published) == sorted(
         n.pk for n in notifications.values()
     )
 
