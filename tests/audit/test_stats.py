@@ -528,3 +528,11 @@ def test_attempt_stats_command_prints_hourly_rows():
     [row] = lines[1:]
     # bucket (date and time), workflow, outcome, status, error code, attempts, peak users
     assert row.split()[2:] == ["wf_cmd", "upstream_error", "401", "-", "2", "1"]
+
+
+def test_minutes_pending_counts_only_the_marked_minutes_of_the_period():
+    for minute in (-1, 0, 0, 2, 5):  # before the period, twice in its first minute, in, after
+        record(T0 + timedelta(minutes=minute, seconds=7))
+    assert stats.minutes_pending(since=T0, until=T0 + timedelta(minutes=5)) == 2
+    attempt_stats_aggregate()
+    assert stats.minutes_pending(since=T0, until=T0 + timedelta(minutes=5)) == 0
