@@ -158,6 +158,15 @@ def test_a_5xx_storm_opens_it_and_then_we_answer_at_once_without_calling(api_cli
 
 
 @pytest.mark.django_db
+def test_an_open_circuit_with_under_a_second_left_says_retry_after_1(api_client, storm, settings):
+    settings.CHATKIT_BREAKER_COOLDOWN_SECONDS = 0.9  # under a second, with room for the calls
+    storm.state.push_faults([{"status": 500}] * 3)
+    assert [api_client.post(URL).status_code for _ in range(3)] == [502] * 3
+    refused = api_client.post(URL)
+    assert (refused.status_code, refused["Retry-After"]) == (503, "1")
+
+
+@pytest.mark.django_db
 def test_an_unreachable_upstream_opens_it_too(api_client, storm, settings):
     settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens: refused at once
     assert [api_client.post(URL).status_code for _ in range(4)] == [502, 502, 502, 503]
