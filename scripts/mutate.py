@@ -35,6 +35,8 @@ MODULES: dict[str, list[str]] = {
         "tests/sessions_api/test_apis.py",
         "tests/sessions_api/test_breaker.py",
         "tests/sessions_api/test_identity.py",
+        "tests/test_metrics.py",  # what each request counts (SessionRequest.record)
+        "tests/test_logs.py",  # the request id a request's log lines carry
     ],
     "redaction.py": ["tests/test_redaction.py", "tests/test_redaction_properties.py"],
     "sessions_api/drf.py": ["tests/sessions_api/test_drf.py", "tests/sessions_api/test_csrf.py"],
