@@ -73,7 +73,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "broker.middleware.CSPMiddleware",  # django-csp's, its policy built once (see there)
     # Last, as django-axes requires: it answers a locked-out login attempt.
     "axes.middleware.AxesMiddleware",
 ]
@@ -117,16 +117,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # One pool per process, shared by its threads. gunicorn runs many threads per worker (sized
     # in gunicorn.conf.py for a slow upstream), far more than PostgreSQL's max_connections would
-    # allow as one persistent connection each, while a request needs a connection only for its
-    # audit write, about a millisecond. The service hands a logged-in caller's connection back
-    # before the upstream call, so no request holds one while it waits. Web workers × max_size,
-    # plus the Celery worker's, must stay under max_connections (100 by default).
+    # allow as one persistent connection each, while a signed-in request needs one only to look
+    # its caller up, about a millisecond (audit rows go through the writer's own connection,
+    # audit/writer.py). The service hands that connection back before the upstream call, so no
+    # request holds one while it waits. Web workers × (max_size + 1), plus the Celery workers',
+    # must stay under max_connections (100 by default): 4 × 9 on two cores.
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections open, not Django
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks one before lending it
     options = DATABASES["default"].setdefault("OPTIONS", {})
     options["pool"] = {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
-        "max_size": env.int("DB_POOL_MAX_SIZE", default=16),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=8),
         # A request waits this long for a free connection, then fails with a 503.
         "timeout": env.float("DB_POOL_TIMEOUT", default=5.0),
     }
