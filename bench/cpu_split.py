@@ -1,0 +1,145 @@
+"""Where a request's machine CPU goes: user and kernel time, and context switches (issue 7).
+
+compare.py gives one CPU figure per request. This splits it, for one server at one point: the
+server tree's user and kernel (sys) CPU per request, its voluntary and involuntary context
+switches per request (summed over every thread, from /proc/PID/task/*/status), and the same for
+PostgreSQL and Redis. Started as compare.py starts them (emulator at --latency-ms, wrk with
+bench/post.lua, a 5 s warm-up, then a timed run), with KEY=VALUE arguments added to the
+server's environment, e.g. WEB_CONCURRENCY=2 GUNICORN_THREADS=128 to try another shape:
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
+        .venv/bin/python bench/cpu_split.py ours --latency-ms 0 --connections 64 [KEY=VALUE ...]
+
+Run it for naive and ours in turn, more than once: these machines are noisy.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from alert_latency import free_port, recreate_database, wait_until_up
+from compare import (
+    BENCH_DB,
+    PATHS,
+    POST_LUA,
+    ROOT,
+    parse_wrk,
+    process_table,
+    server_command,
+    server_env,
+    service_roots,
+    start,
+    stop,
+)
+
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def tree(table: dict, root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    pids, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        pids.append(pid)
+        pending.extend(children.get(pid, []))
+    return pids
+
+
+def reading(roots: list[int]) -> list[int]:
+    """user ticks, sys ticks, voluntary and involuntary switches of the trees under roots."""
+    table = process_table()
+    totals = [0, 0, 0, 0]
+    for pid in (pid for root in roots for pid in tree(table, root)):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            # utime, stime, then the same for reaped children (cutime, cstime).
+            totals[0] += int(fields[11]) + int(fields[13])
+            totals[1] += int(fields[12]) + int(fields[14])
+            for task in os.listdir(f"/proc/{pid}/task"):
+                for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+                    name, _, value = line.partition(":")
+                    if name == "voluntary_ctxt_switches":
+                        totals[2] += int(value)
+                    elif name == "nonvoluntary_ctxt_switches":
+                        totals[3] += int(value)
+        except OSError:  # gone meanwhile
+            continue
+    return totals
+
+
+def wrk(url: str, connections: int, seconds: int) -> str:
+    command = [
+        "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+        "-s", str(POST_LUA), url,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variant", choices=sorted(PATHS))
+    parser.add_argument("--latency-ms", type=int, default=0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("env", nargs="*", help="KEY=VALUE added to the server's environment")
+    options = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in options.env)
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
+    if not database_url.startswith("postgres"):
+        raise SystemExit("Set DATABASE_URL to the local PostgreSQL server; see the docstring.")
+    database = recreate_database(database_url, BENCH_DB)
+    with tempfile.TemporaryDirectory(prefix="bench-cpu-") as scratch_name:
+        scratch = Path(scratch_name)
+        env = server_env("ours", 0, "http://127.0.0.1:0/v1", database, redis_url, scratch)
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
+                       check=True, timeout=300)  # fmt: skip
+        upstream_port, port = free_port(), free_port()
+        upstream = start(
+            [sys.executable, "manage.py", "chatkit_emulator", "--port", str(upstream_port),
+             "--latency-ms", str(options.latency_ms)],
+            cwd=ROOT, env=env, log=scratch / "upstream.log",
+        )  # fmt: skip
+        env = server_env(
+            options.variant, port, f"http://127.0.0.1:{upstream_port}/v1", database, redis_url,
+            scratch,
+        )  # fmt: skip
+        command, cwd = server_command(options.variant, port)
+        server = start(command, cwd=cwd, env={**env, **extra}, log=scratch / "server.log")
+        try:
+            wait_until_up(f"http://127.0.0.1:{upstream_port}/_emulator/stats")
+            url = f"http://127.0.0.1:{port}{PATHS[options.variant]}"
+            wait_until_up(url)
+            wrk(url, options.connections, 5)  # warm-up
+            services = service_roots(process_table())
+            before = reading([server.pid]), reading(services)
+            load = parse_wrk(wrk(url, options.connections, options.seconds))
+            after = reading([server.pid]), reading(services)
+        finally:
+            stop(server)
+            stop(upstream)
+    n = max(load["requests"], 1)
+    (user, kernel, voluntary, involuntary), (s_user, s_kernel, s_vol, s_invol) = (
+        [(a - b) for a, b in zip(later, earlier, strict=True)]
+        for later, earlier in zip(after, before, strict=True)
+    )
+    print(
+        f"{options.variant} {' '.join(options.env)} at {options.latency_ms} ms x "
+        f"{options.connections}: {load['rate']:.0f} req/s, p50 {load['p50_ms']:.0f} ms, "
+        f"p99 {load['p99_ms']:.0f} ms, errors {load['errors']}\n"
+        f"  server: user {user * TICK_MS / n:.2f} + sys {kernel * TICK_MS / n:.2f} ms/req; "
+        f"context switches {voluntary / n:.1f} voluntary, {involuntary / n:.1f} involuntary\n"
+        f"  PostgreSQL + Redis: user {s_user * TICK_MS / n:.2f} + sys "
+        f"{s_kernel * TICK_MS / n:.2f} ms/req; switches {s_vol / n:.1f} + {s_invol / n:.1f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
