@@ -1,9 +1,11 @@
-"""System checks of the metrics endpoint's access settings (broker/metrics_endpoint.py)."""
+"""System checks of the project's own settings: /metrics access, database connections."""
 
 import ipaddress
+import os
 
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import Error, Tags, Warning, register
+from django.db import DatabaseError, connection
 
 # A token is the only lock on /metrics when every address is allowed: it must not be guessable.
 METRICS_TOKEN_MIN_LENGTH = 32
@@ -44,3 +46,43 @@ def metrics_access_check(app_configs=None, **kwargs) -> list:
             )
         )
     return messages
+
+
+def web_workers() -> int:
+    """How many gunicorn workers this machine runs: gunicorn.conf.py's rule (a test keeps the
+    two alike)."""
+    return int(os.environ.get("WEB_CONCURRENCY", 2 * len(os.sched_getaffinity(0))))
+
+
+@register(Tags.database)
+def database_connections_check(app_configs=None, databases=None, **kwargs) -> list:
+    """Warn when this machine's web workers alone could open more PostgreSQL connections than
+    the server allows. Run by migrate and by `check --database default`."""
+    if "default" not in (databases or ()) or connection.vendor != "postgresql":
+        return []
+    pool = connection.settings_dict["OPTIONS"].get("pool")
+    if not isinstance(pool, dict):
+        return []
+    workers, per_worker = web_workers(), pool["max_size"]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+            )
+            [(allowed,)] = cursor.fetchall()
+    except DatabaseError:  # not reachable: migrate, /readyz and the pool say so themselves
+        return []
+    if workers * per_worker <= allowed:
+        return []
+    return [
+        Warning(
+            f"The {workers} web workers of this machine may open up to "
+            f"{workers * per_worker} PostgreSQL connections ({workers} × DB_POOL_MAX_SIZE "
+            f"{per_worker}), more than the {allowed} the server allows (max_connections less "
+            "its superuser reserve): under load, requests would fail to get one.",
+            hint="Lower WEB_CONCURRENCY or DB_POOL_MAX_SIZE, raise PostgreSQL's max_connections, "
+            "or put PgBouncer in transaction mode in front. Celery workers need connections too.",
+            id="broker.W002",
+        )
+    ]

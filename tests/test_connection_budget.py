@@ -1,0 +1,76 @@
+"""broker.W002: the web workers' database pools must fit in what PostgreSQL allows."""
+
+import os
+import runpy
+import subprocess
+
+import pytest
+from django.db import connection
+
+from broker.checks import database_connections_check, web_workers
+from tests.conftest import suite_database_url
+from tests.test_project import PRODUCTION, ROOT, run_python
+
+POOL_MAX_SIZE = 8  # DB_POOL_MAX_SIZE's default (broker/settings.py)
+
+
+@pytest.mark.parametrize("concurrency", [None, "3"])
+def test_the_check_counts_the_workers_gunicorn_runs(monkeypatch, tmp_path, concurrency):
+    # Set, so that reading the config does not make a metrics folder of its own.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    if concurrency is None:
+        monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    else:
+        monkeypatch.setenv("WEB_CONCURRENCY", concurrency)
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert config["workers"] == web_workers()
+    assert web_workers() == (int(concurrency) if concurrency else 2 * len(os.sched_getaffinity(0)))
+
+
+@pytest.fixture
+def postgresql(db):
+    if connection.vendor != "postgresql":
+        pytest.skip("the budget is PostgreSQL's max_connections; CI runs this on PostgreSQL")
+
+
+def check_database(workers: int | None) -> subprocess.CompletedProcess:
+    """`manage.py check --database default` as an operator runs it: production settings, with
+    their connection pool, against this run's PostgreSQL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CHATKIT_"))}
+    env.pop("WEB_CONCURRENCY", None)
+    env.update(PRODUCTION, DATABASE_URL=suite_database_url())
+    if workers is not None:
+        env["WEB_CONCURRENCY"] = str(workers)
+    return run_python("manage.py", "check", "--database", "default", env=env)
+
+
+def allowed_connections() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_the_default_pools_fit_and_too_many_workers_are_warned_of(postgresql):
+    default = check_database(None)
+    assert default.returncode == 0, default.stderr
+    assert "broker.W002" not in default.stderr
+    too_many = allowed_connections() // POOL_MAX_SIZE + 1
+    warned = check_database(too_many)
+    assert "broker.W002" in warned.stderr
+    assert f"up to {too_many * POOL_MAX_SIZE} PostgreSQL connections" in warned.stderr
+    assert "broker.W002" not in check_database(too_many - 1).stderr
+
+
+def test_only_a_database_check_asks_the_database(monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "100000")
+    assert database_connections_check(databases=None) == []
+
+
+def test_sqlite_has_no_connection_budget(db, monkeypatch):
+    if connection.vendor != "sqlite":
+        pytest.skip("the zero-setup database")
+    monkeypatch.setenv("WEB_CONCURRENCY", "100000")
+    assert database_connections_check(databases=["default"]) == []
