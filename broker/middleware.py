@@ -23,7 +23,10 @@ class RejectNulBytesMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if any("\x00" in key or "\x00" in "".join(values) for key, values in request.GET.lists()):
+        if any(
+            "\x00" in key or any("\x00" in value for value in values)
+            for key, values in request.GET.lists()
+        ):
             message = "Query parameters must not contain NUL bytes."
             body = {"error": {"code": "invalid_request", "message": message, "request_id": None}}
             return JsonResponse(body, status=400)

@@ -79,7 +79,7 @@ def test_a_nonce_asked_for_after_the_header_is_written_is_an_error(settings):
         str(request.csp_nonce)
 
 
-def test_excluded_prefixes_and_debug_error_pages_are_left_to_django_csp(settings):
+def test_excluded_prefixes_are_left_to_django_csp(settings):
     settings.CONTENT_SECURITY_POLICY = {
         "EXCLUDE_URL_PREFIXES": ["/raw/"],
         "DIRECTIVES": {"default-src": [SELF]},
@@ -87,9 +87,32 @@ def test_excluded_prefixes_and_debug_error_pages_are_left_to_django_csp(settings
     ours, theirs = policies(settings, plain, path="/raw/file")
     assert ours == theirs == {HEADER: None, HEADER_REPORT_ONLY: None}
     assert headers_of(CSPMiddleware, plain)[HEADER] == "default-src 'self'"
+
+
+def server_error(request):
+    return HttpResponse("broken", status=500)
+
+
+@pytest.mark.parametrize("view", [not_found, server_error])
+def test_debug_error_pages_get_no_policy_as_with_django_csp(settings, view):
     settings.DEBUG = True
-    ours, theirs = policies(settings, not_found)
+    ours, theirs = policies(settings, view)
     assert ours == theirs == {HEADER: None, HEADER_REPORT_ONLY: None}
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_plain_responses_do_not_build_the_policy_again(settings, monkeypatch, debug):
+    settings.DEBUG = debug
+    headers_of(CSPMiddleware, plain)  # built once here, at most
+    built = []
+    monkeypatch.setattr(
+        csp.middleware, "build_policy", lambda **kwargs: built.append(kwargs) or "rebuilt"
+    )
+    for view in (plain, plain, not_found if not debug else plain):
+        assert "frame-ancestors 'none'" in headers_of(CSPMiddleware, view)[HEADER]
+    assert built == []
+    headers_of(CSPMiddleware, updated)  # a decorated view's own policy is django-csp's to build
+    assert len(built) == 2  # the policy and the report-only one
 
 
 def test_a_changed_policy_is_used_at_once(settings):
