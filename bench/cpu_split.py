@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("env", nargs="*", help="KEY=VALUE added to the server's environment")
-    options = parser.parse_args()
+    options = parser.parse_intermixed_args()  # KEY=VALUE may follow the options
     extra = dict(item.split("=", 1) for item in options.env)
     database_url = os.environ.get("DATABASE_URL", "")
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
