@@ -57,7 +57,11 @@ MODULES: dict[str, list[str]] = {
     "sessions_api/config_check.py": ["tests/sessions_api/test_config_check.py"],
     "audit/stats.py": ["tests/audit/test_stats.py"],
     "audit/writer.py": ["tests/audit/test_writer_logic.py", "tests/audit/test_writer.py"],
-    "broker/middleware.py": ["tests/test_csp.py", "tests/audit/test_admin.py", "tests/test_logs.py"],
+    "broker/middleware.py": [
+        "tests/test_csp.py",
+        "tests/audit/test_admin.py",
+        "tests/test_logs.py",
+    ],
     "audit/retention.py": ["tests/audit/test_retention.py"],
     "audit/reports.py": ["tests/audit/test_reports.py"],
 }
