@@ -63,7 +63,6 @@ def database_connections_check(app_configs=None, databases=None, **kwargs) -> li
     pool = connection.settings_dict["OPTIONS"].get("pool")
     if not isinstance(pool, dict):
         return []
-    workers, per_worker = web_workers(), pool["max_size"]
     try:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -73,6 +72,10 @@ def database_connections_check(app_configs=None, databases=None, **kwargs) -> li
             [(allowed,)] = cursor.fetchall()
     except DatabaseError:  # not reachable: migrate, /readyz and the pool say so themselves
         return []
+    return connection_budget_warnings(web_workers(), pool["max_size"], allowed)
+
+
+def connection_budget_warnings(workers: int, per_worker: int, allowed: int) -> list:
     if workers * per_worker <= allowed:
         return []
     return [

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from django.db import connection
 
-from broker.checks import database_connections_check, web_workers
+from broker.checks import connection_budget_warnings, database_connections_check, web_workers
 from tests.conftest import suite_database_url
 from tests.test_project import PRODUCTION, ROOT, run_python
 
@@ -64,13 +64,35 @@ def test_the_default_pools_fit_and_too_many_workers_are_warned_of(postgresql):
     assert "broker.W002" not in check_database(too_many - 1).stderr
 
 
+@pytest.mark.parametrize(
+    ("workers", "per_worker", "allowed", "warned"),
+    [
+        (4, 8, 97, False),
+        (12, 8, 97, False),
+        (13, 8, 97, True),
+        (2, 50, 99, True),
+        (2, 50, 100, False),
+    ],
+)
+def test_the_budget_is_workers_times_the_pool(workers, per_worker, allowed, warned):
+    warnings = connection_budget_warnings(workers, per_worker, allowed)
+    assert [w.id for w in warnings] == (["broker.W002"] if warned else [])
+    if warned:
+        assert warnings[0].msg.startswith(
+            f"The {workers} web workers of this machine may open up to "
+            f"{workers * per_worker} PostgreSQL connections ({workers} × DB_POOL_MAX_SIZE "
+            f"{per_worker}), more than the {allowed} the server allows"
+        )
+        assert "PgBouncer" in warnings[0].hint
+
+
 def test_only_a_database_check_asks_the_database(monkeypatch):
     monkeypatch.setenv("WEB_CONCURRENCY", "100000")
     assert database_connections_check(databases=None) == []
 
 
-def test_sqlite_has_no_connection_budget(db, monkeypatch):
-    if connection.vendor != "sqlite":
-        pytest.skip("the zero-setup database")
+def test_no_budget_without_a_pooled_postgresql(db, monkeypatch):
+    """SQLite (the zero-setup database), or PostgreSQL without the pool (as in this suite)."""
+    assert "pool" not in connection.settings_dict["OPTIONS"]
     monkeypatch.setenv("WEB_CONCURRENCY", "100000")
     assert database_connections_check(databases=["default"]) == []
