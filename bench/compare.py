@@ -150,6 +150,21 @@ def process_table() -> dict[int, tuple[int, str, int]]:
     return table
 
 
+def tree_pids(table: dict, root: int) -> list[int]:
+    """A process and all its live descendants."""
+    if root not in table:
+        return []
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    pids, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        pids.append(pid)
+        pending.extend(children.get(pid, []))
+    return pids
+
+
 def tree_ticks(table: dict, root: int) -> int:
     """CPU ticks of a process tree, including children that exited and were reaped.
 
@@ -158,17 +173,7 @@ def tree_ticks(table: dict, root: int) -> int:
     workers; PostgreSQL starts a backend per connection): an exited child's time moves into
     its parent's reaped-children counters.
     """
-    if root not in table:
-        return 0
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    total, pending = 0, [root]
-    while pending:
-        pid = pending.pop()
-        total += table[pid][2]
-        pending.extend(children.get(pid, []))
-    return total
+    return sum(table[pid][2] for pid in tree_pids(table, root))
 
 
 def peak_rss_mb(root: int) -> float:
@@ -302,6 +307,32 @@ def server_env(
         "CHATKIT_THROTTLE_ANON_BUDGET": "",  # off by default
         "GUNICORN_BIND": f"127.0.0.1:{port}",
     }
+
+
+def migrate(env: dict) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"],
+        cwd=ROOT, env=env, check=True, timeout=300,
+    )  # fmt: skip
+
+
+def start_emulator(
+    env: dict, scratch: Path, latency_ms: int, tls_options: list[str] | tuple = ()
+) -> tuple[subprocess.Popen, str]:
+    """The emulator on a free port, answering; returns it and its base URL (…/v1)."""
+    port = free_port()
+    scheme = "https" if tls_options else "http"
+    upstream = start(
+        [sys.executable, "manage.py", "chatkit_emulator", "--port", str(port),
+         "--latency-ms", str(latency_ms), *tls_options],
+        cwd=ROOT, env=env, log=scratch / "upstream.log",
+    )  # fmt: skip
+    try:
+        wait_until_up(f"{scheme}://127.0.0.1:{port}/_emulator/stats")
+    except BaseException:
+        stop(upstream)
+        raise
+    return upstream, f"{scheme}://127.0.0.1:{port}/v1"
 
 
 def measure_server(variant, connections_list, upstream, upstream_url, options, urls, scratch):
@@ -523,16 +554,12 @@ def main() -> int:
     urls = {"database": recreate_database(database_url, BENCH_DB), "redis": redis_url}
     results: dict[tuple, list[Run]] = {}
     conditions = []  # what --tls and --audit-rows changed, said above the table
-    scheme = "https" if options.tls else "http"
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as scratch_name:
         scratch = Path(scratch_name)
         migrate_env = server_env(
             "ours", 0, "http://127.0.0.1:0/v1", urls["database"], redis_url, scratch
         )
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v", "0"],
-            cwd=ROOT, env=migrate_env, check=True, timeout=300,
-        )  # fmt: skip
+        migrate(migrate_env)
         tls_options = []
         if options.tls:
             tls_options = make_certificates(scratch)
@@ -542,15 +569,8 @@ def main() -> int:
             print(conditions[-1])
         for latency in sorted({latency for latency, _ in points}):
             connections_list = [c for lat, c in points if lat == latency]
-            upstream_port = free_port()
-            upstream_url = f"{scheme}://127.0.0.1:{upstream_port}/v1"
-            upstream = start(
-                [sys.executable, "manage.py", "chatkit_emulator", "--port", str(upstream_port),
-                 "--latency-ms", str(latency), *tls_options],
-                cwd=ROOT, env=migrate_env, log=scratch / "upstream.log",
-            )  # fmt: skip
+            upstream, upstream_url = start_emulator(migrate_env, scratch, latency, tls_options)
             try:
-                wait_until_up(f"{scheme}://127.0.0.1:{upstream_port}/_emulator/stats")
                 for repeat in range(options.repeats):
                     # ABBA: the variant that goes first alternates, so a drift in the
                     # machine's load does not always favour the same one.

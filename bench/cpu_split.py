@@ -15,7 +15,6 @@ Run it for naive and ours in turn, more than once: these machines are noisy.
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,37 +23,28 @@ from alert_latency import free_port, recreate_database, wait_until_up
 from compare import (
     BENCH_DB,
     PATHS,
-    POST_LUA,
-    ROOT,
+    migrate,
     parse_wrk,
     process_table,
     server_command,
     server_env,
     service_roots,
     start,
+    start_emulator,
     stop,
+    tree_pids,
+    wrk,
 )
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def tree(table: dict, root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    pids, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        pids.append(pid)
-        pending.extend(children.get(pid, []))
-    return pids
+WRK_TIMEOUT = 10  # seconds, as compare.py's default
 
 
 def reading(roots: list[int]) -> list[int]:
     """user ticks, sys ticks, voluntary and involuntary switches of the trees under roots."""
     table = process_table()
     totals = [0, 0, 0, 0]
-    for pid in (pid for root in roots for pid in tree(table, root)):
+    for pid in (pid for root in roots for pid in tree_pids(table, root)):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
@@ -71,14 +61,6 @@ def reading(roots: list[int]) -> list[int]:
         except OSError:  # gone meanwhile
             continue
     return totals
-
-
-def wrk(url: str, connections: int, seconds: int) -> str:
-    command = [
-        "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
-        "-s", str(POST_LUA), url,
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
 def main() -> int:
@@ -98,28 +80,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as scratch_name:
         scratch = Path(scratch_name)
         env = server_env("ours", 0, "http://127.0.0.1:0/v1", database, redis_url, scratch)
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
-                       check=True, timeout=300)  # fmt: skip
-        upstream_port, port = free_port(), free_port()
-        upstream = start(
-            [sys.executable, "manage.py", "chatkit_emulator", "--port", str(upstream_port),
-             "--latency-ms", str(options.latency_ms)],
-            cwd=ROOT, env=env, log=scratch / "upstream.log",
-        )  # fmt: skip
-        env = server_env(
-            options.variant, port, f"http://127.0.0.1:{upstream_port}/v1", database, redis_url,
-            scratch,
-        )  # fmt: skip
+        migrate(env)
+        upstream, upstream_url = start_emulator(env, scratch, options.latency_ms)
+        port = free_port()
+        env = server_env(options.variant, port, upstream_url, database, redis_url, scratch)
         command, cwd = server_command(options.variant, port)
         server = start(command, cwd=cwd, env={**env, **extra}, log=scratch / "server.log")
         try:
-            wait_until_up(f"http://127.0.0.1:{upstream_port}/_emulator/stats")
             url = f"http://127.0.0.1:{port}{PATHS[options.variant]}"
             wait_until_up(url)
-            wrk(url, options.connections, 5)  # warm-up
+            wrk(url, options.connections, 5, WRK_TIMEOUT)  # warm-up
             services = service_roots(process_table())
             before = reading([server.pid]), reading(services)
-            load = parse_wrk(wrk(url, options.connections, options.seconds))
+            load = parse_wrk(wrk(url, options.connections, options.seconds, WRK_TIMEOUT))
             after = reading([server.pid]), reading(services)
         finally:
             stop(server)

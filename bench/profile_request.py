@@ -30,11 +30,12 @@ from compare import (
     BENCH_DB,
     PATHS,
     POST_LUA,
-    ROOT,
+    migrate,
     parse_wrk,
     server_command,
     server_env,
     start,
+    start_emulator,
     stop,
 )
 
@@ -107,20 +108,14 @@ def main() -> int:
         scratch = Path(scratch_name)
         # The broker's settings even for --naive: they migrate the database and run the emulator.
         env = server_env("ours", 0, "http://127.0.0.1:0/v1", database, redis_url, scratch)
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
-                       check=True, timeout=300)  # fmt: skip
-        upstream_port, port = free_port(), free_port()
-        upstream = start(
-            [sys.executable, "manage.py", "chatkit_emulator", "--port", str(upstream_port)],
-            cwd=ROOT, env=env, log=scratch / "upstream.log",
-        )  # fmt: skip
-        upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+        migrate(env)
+        upstream, upstream_url = start_emulator(env, scratch, 0)
+        port = free_port()
         env = server_env(variant, port, upstream_url, database, redis_url, scratch)
         env["WEB_CONCURRENCY"] = "1"
         command, cwd = server_command(variant, port)
         server = start(command, cwd=cwd, env=env, log=scratch / "server.log")
         try:
-            wait_until_up(f"http://127.0.0.1:{upstream_port}/_emulator/stats")
             url = f"http://127.0.0.1:{port}{PATHS[variant]}"
             wait_until_up(url)
             _wrk(url, 3, options.connections)  # warm-up
