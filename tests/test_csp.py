@@ -41,7 +41,7 @@ def headers_of(middleware_class, view, path="/page/"):
     return {name: response.get(name) for name in (HEADER, HEADER_REPORT_ONLY)}
 
 
-def policies(settings, view, path="/page/") -> tuple[dict, dict]:
+def policies(view, path="/page/") -> tuple[dict, dict]:
     ours = headers_of(CSPMiddleware, view, path)
     theirs = headers_of(csp.middleware.CSPMiddleware, view, path)
     return ours, theirs
@@ -52,7 +52,7 @@ def policies(settings, view, path="/page/") -> tuple[dict, dict]:
 def test_headers_are_django_csps_for_every_kind_of_response(settings, view, report_only):
     if report_only:
         settings.CONTENT_SECURITY_POLICY_REPORT_ONLY = REPORT_ONLY
-    ours, theirs = policies(settings, view)
+    ours, theirs = policies(view)
     assert ours == theirs
     assert (ours[HEADER] is None) == (view is exempt)
     assert (ours[HEADER_REPORT_ONLY] is not None) == report_only  # csp_exempt() spares it
@@ -84,7 +84,7 @@ def test_excluded_prefixes_are_left_to_django_csp(settings):
         "EXCLUDE_URL_PREFIXES": ["/raw/"],
         "DIRECTIVES": {"default-src": [SELF]},
     }
-    ours, theirs = policies(settings, plain, path="/raw/file")
+    ours, theirs = policies(plain, path="/raw/file")
     assert ours == theirs == {HEADER: None, HEADER_REPORT_ONLY: None}
     assert headers_of(CSPMiddleware, plain)[HEADER] == "default-src 'self'"
 
@@ -96,7 +96,7 @@ def server_error(request):
 @pytest.mark.parametrize("view", [not_found, server_error])
 def test_debug_error_pages_get_no_policy_as_with_django_csp(settings, view):
     settings.DEBUG = True
-    ours, theirs = policies(settings, view)
+    ours, theirs = policies(view)
     assert ours == theirs == {HEADER: None, HEADER_REPORT_ONLY: None}
 
 
