@@ -57,6 +57,7 @@ MODULES: dict[str, list[str]] = {
     "sessions_api/config_check.py": ["tests/sessions_api/test_config_check.py"],
     "audit/stats.py": ["tests/audit/test_stats.py"],
     "audit/writer.py": ["tests/audit/test_writer_logic.py", "tests/audit/test_writer.py"],
+    "broker/checks.py": ["tests/test_connection_budget.py", "tests/test_metrics.py"],
     "broker/middleware.py": [
         "tests/test_csp.py",
         "tests/audit/test_admin.py",

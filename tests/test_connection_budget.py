@@ -86,6 +86,19 @@ def test_the_budget_is_workers_times_the_pool(workers, per_worker, allowed, warn
         assert "PgBouncer" in warnings[0].hint
 
 
+def test_the_warning_says_what_to_change():
+    [warning] = connection_budget_warnings(13, 8, 97)
+    assert warning.msg == (
+        "The 13 web workers of this machine may open up to 104 PostgreSQL connections "
+        "(13 × DB_POOL_MAX_SIZE 8), more than the 97 the server allows (max_connections less "
+        "its superuser reserve): under load, requests would fail to get one."
+    )
+    assert warning.hint == (
+        "Lower WEB_CONCURRENCY or DB_POOL_MAX_SIZE, raise PostgreSQL's max_connections, or put "
+        "PgBouncer in transaction mode in front. Celery workers need connections too."
+    )
+
+
 def test_only_a_database_check_asks_the_database(monkeypatch):
     monkeypatch.setenv("WEB_CONCURRENCY", "100000")
     assert database_connections_check(databases=None) == []
