@@ -17,9 +17,10 @@
 #   worker under load is in docs/benchmarks.md. The upstream client's kept-alive connections are
 #   a pool per process, up to one per thread (sessions_api/client.py); database connections come
 #   from a pool per process (DB_POOL_MAX_SIZE, 8 by default, broker/settings.py), because a
-#   signed-in request holds one only to look its caller up, and audit rows are written by one
-#   connection per process (audit/writer.py). broker/checks.py repeats the workers' rule to warn
-#   when their pools could pass PostgreSQL's max_connections (a test keeps the two alike).
+#   signed-in request holds one only to look its caller up, and audit rows are written on one
+#   more connection per process (audit/writer.py). broker/checks.py repeats the workers' rule
+#   to warn when their connections could pass PostgreSQL's max_connections (a test keeps the
+#   two alike).
 import os
 import shutil
 import tempfile

@@ -3,12 +3,12 @@ import secrets
 from datetime import datetime
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.utils import timezone
 
+from audit import writer
 from audit.alerting.coalesce import alerts_evaluation_request
 from audit.models import Heartbeat, PendingMinute, SessionAttempt
-from audit.writer import GroupWriter
 from redaction import clean_text
 
 ERROR_MESSAGE_LIMIT = 2048
@@ -57,9 +57,9 @@ def _insert_sql_postgresql(rows: int, *, refusal: bool = False) -> str:
     )
 
 
-def attempts_insert(attempts: list[SessionAttempt]) -> list[int]:
+def attempts_insert(attempts: list[SessionAttempt], using=connection) -> list[int]:
     """Insert rows (and mark their minutes) in one statement on PostgreSQL; their ids, in order."""
-    with connection.cursor() as cursor:
+    with using.cursor() as cursor:
         cursor.execute(_insert_sql_postgresql(len(attempts)), _params(attempts))
         return [attempt_id for (attempt_id,) in cursor.fetchall()]
 
@@ -79,8 +79,23 @@ def _params(attempts: list[SessionAttempt]) -> list:
     ]
 
 
+def _writer_connect():
+    """The group-commit writer's connection: outside the pool (a leader must never wait for
+    it), its statements cut off after writer.WAIT_SECONDS, shared by the leaders' threads."""
+    wrapper = connections.create_connection(DEFAULT_DB_ALIAS)
+    options = dict(wrapper.settings_dict["OPTIONS"])
+    options.pop("pool", None)
+    # After the settings' own limit, so it wins.
+    limit = f"-c statement_timeout={int(writer.WAIT_SECONDS * 1000)}"
+    options["options"] = f"{options.get('options', '')} {limit}".strip()
+    wrapper.settings_dict = {**wrapper.settings_dict, "OPTIONS": options}
+    wrapper.inc_thread_sharing()  # used by one leader at a time, on any thread
+    wrapper.ensure_connection()
+    return wrapper
+
+
 # The process's group-commit writer (audit/writer.py), used when AUDIT_GROUP_COMMIT is on.
-_writer = GroupWriter(attempts_insert)
+_writer = writer.GroupWriter(attempts_insert, _writer_connect)
 
 
 def session_attempt_record(

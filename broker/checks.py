@@ -73,18 +73,24 @@ def database_connections_check(app_configs=None, databases=None, **kwargs) -> li
             [(allowed,)] = cursor.fetchall()
     except DatabaseError:  # not reachable: migrate, /readyz and the pool say so themselves
         return []
-    return connection_budget_warnings(web_workers(), pool["max_size"], allowed)
+    # The group-commit writer's connection is its own, outside the pool (audit/writer.py).
+    writer = 1 if settings.AUDIT_GROUP_COMMIT else 0
+    return connection_budget_warnings(web_workers(), pool["max_size"], writer, allowed)
 
 
-def connection_budget_warnings(workers: int, per_worker: int, allowed: int) -> list:
+def connection_budget_warnings(workers: int, pool_max: int, writer: int, allowed: int) -> list:
+    per_worker = pool_max + writer
     if workers * per_worker <= allowed:
         return []
+    each = f"DB_POOL_MAX_SIZE {pool_max}"
+    if writer:
+        each = f"({each} + 1 for the audit writer)"
     return [
         Warning(
             f"The {workers} web workers of this machine may open up to "
-            f"{workers * per_worker} PostgreSQL connections ({workers} × DB_POOL_MAX_SIZE "
-            f"{per_worker}), more than the {allowed} the server allows (max_connections less "
-            "its superuser reserve): under load, requests would fail to get one.",
+            f"{workers * per_worker} PostgreSQL connections ({workers} × {each}), more than the "
+            f"{allowed} the server allows (max_connections less its superuser reserve): under "
+            "load, requests would fail to get one.",
             hint="Lower WEB_CONCURRENCY or DB_POOL_MAX_SIZE, raise PostgreSQL's max_connections, "
             "or put PgBouncer in transaction mode in front. Celery workers need connections too.",
             id="broker.W002",

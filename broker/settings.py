@@ -118,11 +118,11 @@ else:
     # One pool per process, shared by its threads. gunicorn runs many threads per worker (sized
     # in gunicorn.conf.py for a slow upstream), far more than PostgreSQL's max_connections would
     # allow as one persistent connection each, while a signed-in request needs one only to look
-    # its caller up, about a millisecond; the audit writer keeps one of the pool's for itself
-    # (audit/writer.py). The service hands the caller's connection back before the upstream
-    # call, so no request holds one while it waits. Web workers × max_size, plus the Celery
-    # workers', must stay under max_connections (100 by default): 4 × 8 on two cores, and the
-    # check broker.W002 warns when this server's workers alone could pass it.
+    # its caller up, about a millisecond. The service hands the caller's connection back before
+    # the upstream call, so no request holds one while it waits. The audit writer has one
+    # connection of its own besides (audit/writer.py). Web workers × (max_size + 1), plus the
+    # Celery workers' pools, must stay under max_connections (100 by default): 4 × 9 on two
+    # cores, and the check broker.W002 warns when this server's workers alone could pass it.
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections open, not Django
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks one before lending it
     options = DATABASES["default"].setdefault("OPTIONS", {})
@@ -147,8 +147,8 @@ else:
         f"{options.get('options', '')} -c statement_timeout={statement_timeout_ms}".strip()
     )
 
-# PostgreSQL: concurrent requests' audit rows are written by one thread per process in one
-# statement and one commit (audit/writer.py); each request still waits for its own commit.
+# PostgreSQL: concurrent requests' audit rows are written in one statement and one commit, by
+# one of those requests in turn (audit/writer.py); each request still waits for its own commit.
 AUDIT_GROUP_COMMIT = env.bool("AUDIT_GROUP_COMMIT", default=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

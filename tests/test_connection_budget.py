@@ -33,7 +33,7 @@ def postgresql(db):
         pytest.skip("the budget is PostgreSQL's max_connections; CI runs this on PostgreSQL")
 
 
-def check_database(workers: int | None) -> subprocess.CompletedProcess:
+def check_database(workers: int | None, **settings: str) -> subprocess.CompletedProcess:
     """`manage.py check --database default` as an operator runs it: production settings, with
     their connection pool, against this run's PostgreSQL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CHATKIT_"))}
@@ -41,6 +41,7 @@ def check_database(workers: int | None) -> subprocess.CompletedProcess:
     env.update(PRODUCTION, DATABASE_URL=suite_database_url())
     if workers is not None:
         env["WEB_CONCURRENCY"] = str(workers)
+    env.update(settings)
     return run_python("manage.py", "check", "--database", "default", env=env)
 
 
@@ -57,42 +58,59 @@ def test_the_default_pools_fit_and_too_many_workers_are_warned_of(postgresql):
     default = check_database(None)
     assert default.returncode == 0, default.stderr
     assert "broker.W002" not in default.stderr
-    too_many = allowed_connections() // POOL_MAX_SIZE + 1
+    # Each worker: its pool, and the audit writer's connection of its own.
+    per_worker = POOL_MAX_SIZE + 1
+    too_many = allowed_connections() // per_worker + 1
     warned = check_database(too_many)
     assert "broker.W002" in warned.stderr
-    assert f"up to {too_many * POOL_MAX_SIZE} PostgreSQL connections" in warned.stderr
+    assert f"up to {too_many * per_worker} PostgreSQL connections" in warned.stderr
     assert "broker.W002" not in check_database(too_many - 1).stderr
 
 
 @pytest.mark.parametrize(
-    ("workers", "per_worker", "allowed", "warned"),
+    ("workers", "pool_max", "writer", "allowed", "warned"),
     [
-        (4, 8, 97, False),
-        (12, 8, 97, False),
-        (13, 8, 97, True),
-        (2, 50, 99, True),
-        (2, 50, 100, False),
+        (4, 8, 1, 97, False),
+        (10, 8, 1, 97, False),
+        (11, 8, 1, 97, True),
+        (12, 8, 0, 97, False),
+        (13, 8, 0, 97, True),
+        (2, 49, 1, 99, True),
+        (2, 49, 1, 100, False),
     ],
 )
-def test_the_budget_is_workers_times_the_pool(workers, per_worker, allowed, warned):
-    warnings = connection_budget_warnings(workers, per_worker, allowed)
+def test_the_budget_is_workers_times_the_pool_and_the_writer(
+    workers, pool_max, writer, allowed, warned
+):
+    warnings = connection_budget_warnings(workers, pool_max, writer, allowed)
     assert [w.id for w in warnings] == (["broker.W002"] if warned else [])
     if warned:
         assert warnings[0].msg.startswith(
             f"The {workers} web workers of this machine may open up to "
-            f"{workers * per_worker} PostgreSQL connections ({workers} × DB_POOL_MAX_SIZE "
-            f"{per_worker}), more than the {allowed} the server allows"
+            f"{workers * (pool_max + writer)} PostgreSQL connections ({workers} × "
         )
+        assert f"more than the {allowed} the server allows" in warnings[0].msg
         assert "PgBouncer" in warnings[0].hint
 
 
+def test_without_group_commit_the_writer_needs_no_connection(postgresql):
+    workers = allowed_connections() // POOL_MAX_SIZE  # their pools fit; with the writers not
+    assert workers * (POOL_MAX_SIZE + 1) > allowed_connections()
+
+    assert "broker.W002" in check_database(workers).stderr
+    assert "broker.W002" not in check_database(workers, AUDIT_GROUP_COMMIT="false").stderr
+
+
 def test_the_warning_says_what_to_change():
-    [warning] = connection_budget_warnings(13, 8, 97)
+    [warning] = connection_budget_warnings(11, 8, 1, 97)
     assert warning.msg == (
-        "The 13 web workers of this machine may open up to 104 PostgreSQL connections "
-        "(13 × DB_POOL_MAX_SIZE 8), more than the 97 the server allows (max_connections less "
-        "its superuser reserve): under load, requests would fail to get one."
+        "The 11 web workers of this machine may open up to 99 PostgreSQL connections "
+        "(11 × (DB_POOL_MAX_SIZE 8 + 1 for the audit writer)), more than the 97 the server "
+        "allows (max_connections less its superuser reserve): under load, requests would fail "
+        "to get one."
     )
+    [warning] = connection_budget_warnings(13, 8, 0, 97)
+    assert "(13 × DB_POOL_MAX_SIZE 8), more than" in warning.msg
     assert warning.hint == (
         "Lower WEB_CONCURRENCY or DB_POOL_MAX_SIZE, raise PostgreSQL's max_connections, or put "
         "PgBouncer in transaction mode in front. Celery workers need connections too."

@@ -5,7 +5,7 @@ waiting for its own commit. PostgreSQL only, as in production; real threads and 
 import threading
 
 import pytest
-from django.db import IntegrityError, OperationalError, connection
+from django.db import IntegrityError, OperationalError, connection, connections
 
 from audit import services, writer
 from audit.models import PendingMinute, SessionAttempt
@@ -24,13 +24,13 @@ def group_writer(settings, monkeypatch):
     release = threading.Event()
     release.set()
 
-    def insert(attempts):
+    def insert(attempts, using):
         group.holding = len(attempts)
         release.wait(timeout=30)
         batches.append(len(attempts))
-        return services.attempts_insert(attempts)
+        return services.attempts_insert(attempts, using)
 
-    group = writer.GroupWriter(insert)
+    group = writer.GroupWriter(insert, services._writer_connect)
     group.batches, group.release, group.holding = batches, release, 0
     monkeypatch.setattr(services, "_writer", group)
     yield group
@@ -45,7 +45,7 @@ def record(user_ref: str, **fields) -> SessionAttempt:
 
 def wait_until_queued(group, rows: int, errors=()) -> None:
     """Until `rows` rows are either in the statement held back or queued behind it."""
-    while group.holding + group._queue.qsize() < rows:
+    while group.holding + len(group._queue) < rows:
         assert not errors, errors
         threading.Event().wait(0.01)
 
@@ -124,9 +124,23 @@ def test_the_writer_reconnects_when_the_server_dropped_its_connection(group_writ
     }
 
 
-def test_a_request_stops_waiting_for_a_database_that_does_not_answer(group_writer, monkeypatch):
-    monkeypatch.setattr(writer, "WAIT_SECONDS", 0.2)
-    group_writer.release.clear()
+def test_a_statement_that_waits_on_the_database_is_cut_off_after_wait_seconds(
+    group_writer, monkeypatch
+):
+    monkeypatch.setattr(writer, "WAIT_SECONDS", 0.2)  # read when the writer connects
+    group_writer.stop()
+    # Another session holds the minute marks' table: the writer's statement waits on its lock.
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("BEGIN; LOCK TABLE audit_pendingminute IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(OperationalError, match="statement timeout"):
+                record("anon_stuck")
+            held = group_writer._connection
+            cursor.execute("ROLLBACK")
+    finally:
+        other.close()
 
-    with pytest.raises(OperationalError, match="did not commit within 0.2 s"):
-        record("anon_stuck")
+    assert not SessionAttempt.objects.exists()
+    assert record("anon_after").pk
+    assert group_writer._connection is held  # still usable: not reopened

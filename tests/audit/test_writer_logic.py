@@ -1,13 +1,13 @@
 """The group-commit writer's own logic on real threads, with the database statement replaced by
-a recording function: batching, a bad row failing alone, one reconnect, a database down failing a
-batch at once, the wait limit, stopping, a fork. tests/audit/test_writer.py runs it against
-PostgreSQL.
+a recording function: leaders and followers, batching, a bad row failing alone, one reconnect, a
+database down failing a batch at once, the wait limit, stopping, a fork.
+tests/audit/test_writer.py runs it against PostgreSQL.
 """
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 from django.db import IntegrityError, InterfaceError, OperationalError
@@ -21,24 +21,52 @@ class Row:
     pk: int | None = None
 
 
+class Connection:
+    """Stands for the writer's database connection."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.usable = True
+        self.closed = False
+
+    def is_usable(self) -> bool:
+        return self.usable
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class Statements:
     """Stands for attempts_insert: records each statement's rows, fails on request."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.threads: list[str] = []  # the thread that ran each statement
+        self.connections: list[Connection] = []  # opened by the writer, in order
         self.release = threading.Event()
         self.release.set()
         self.holding = 0
         self.failures: list[Exception] = []  # raised by the next statements, in order
+        self.connect_failures: list[Exception] = []  # raised by the next connects, in order
         self.ids_short = 0  # return this many ids fewer than rows (a broken statement)
         self.next_id = 100
 
-    def __call__(self, rows: list[Row]) -> list[int]:
+    def connect(self) -> Connection:
+        if self.connect_failures:
+            raise self.connect_failures.pop(0)
+        self.connections.append(Connection(len(self.connections)))
+        return self.connections[-1]
+
+    def __call__(self, rows: list[Row], connection: Connection) -> list[int]:
+        assert connection is self.connections[-1] and not connection.closed
         self.holding = len(rows)
         assert self.release.wait(timeout=30)
         self.batches.append([row.name for row in rows])
+        self.threads.append(threading.current_thread().name)
         if self.failures:
-            raise self.failures.pop(0)
+            failure = self.failures.pop(0)
+            connection.usable = not getattr(failure, "connection_lost", False)
+            raise failure
         if any(row.name.startswith("bad") for row in rows):
             raise IntegrityError("new row violates check constraint")
         ids = list(range(self.next_id, self.next_id + len(rows) - self.ids_short))
@@ -53,7 +81,7 @@ def statements():
 
 @pytest.fixture
 def group(statements):
-    group = writer.GroupWriter(statements)
+    group = writer.GroupWriter(statements, statements.connect)
     yield group
     statements.release.set()
     group.stop()
@@ -70,7 +98,7 @@ def write_in_threads(group, names: list[str]) -> tuple[list[threading.Thread], d
         except Exception as exc:  # noqa: BLE001 - reported by the test
             failed[name] = exc
 
-    threads = [threading.Thread(target=run, args=(name,)) for name in names]
+    threads = [threading.Thread(target=run, args=(name,), name=name) for name in names]
     for thread in threads:
         thread.start()
     return threads, written, failed
@@ -85,7 +113,7 @@ def held_until_queued(group, statements, names: list[str]):
     while statements.holding < 1:
         threading.Event().wait(0.005)
     more, written_later, failed_later = write_in_threads(group, rest)
-    while group._queue.qsize() < len(rest):
+    while len(group._queue) < len(rest):
         threading.Event().wait(0.005)
     statements.release.set()
     for thread in threads + more:
@@ -93,13 +121,16 @@ def held_until_queued(group, statements, names: list[str]):
     return {**written, **written_later}, {**failed, **failed_later}
 
 
-def test_a_row_alone_gets_its_id_when_its_statement_returns(group, statements):
+def test_a_row_alone_is_written_on_its_own_thread_and_gets_its_id(group, statements):
     row = Row("only")
     group.write(row)
     assert (row.pk, statements.batches) == (100, [["only"]])
-    # The writer is a daemon thread of its own: it never holds up a worker's exit.
-    [thread] = [t for t in threading.enumerate() if t.name == "audit-writer"]
-    assert thread.daemon
+    # No hand-over to another thread, and no thread of the writer's own.
+    assert statements.threads == [threading.current_thread().name]
+    assert threading.active_count() == 1 + sum(t.daemon for t in threading.enumerate())
+    assert len(statements.connections) == 1
+    group.write(Row("next"))
+    assert len(statements.connections) == 1  # kept for the next statement
 
 
 def test_rows_queued_behind_a_statement_go_into_the_next_one(group, statements):
@@ -110,6 +141,8 @@ def test_rows_queued_behind_a_statement_go_into_the_next_one(group, statements):
     assert not failed
     first, second = statements.batches
     assert first == ["r0"] and sorted(second) == sorted(names[1:])
+    # Each statement ran on the thread of one of its own requests: r0's, then one woken by r0.
+    assert statements.threads[0] == "r0" and statements.threads[1] in second
     # Each row has the id of its own position in its statement.
     assert {name: written[name] for name in second} == {
         name: 101 + i for i, name in enumerate(second)
@@ -147,35 +180,74 @@ def test_ids_that_do_not_match_the_rows_fail_the_rows_not_the_writer(group, stat
     assert row.pk is not None  # the thread lived on
 
 
-@pytest.mark.parametrize("lost", [OperationalError, InterfaceError])
-def test_a_lost_connection_is_retried_once_on_a_new_one(
-    group, statements, lost, monkeypatch, caplog
-):
+def lost(error: type[Exception], message: str) -> Exception:
+    """An error that leaves the connection unusable, as a server that dropped it does."""
+    failure = error(message)
+    failure.connection_lost = True
+    return failure
+
+
+@pytest.mark.parametrize("error", [OperationalError, InterfaceError])
+def test_a_lost_connection_is_retried_once_on_a_new_one(group, statements, error, caplog):
     caplog.set_level(logging.WARNING, logger="audit.writer")  # whatever the root logger says
-    closed = []
-    monkeypatch.setattr(writer, "connection", SimpleNamespace(close=lambda: closed.append(1)))
-    statements.failures = [lost("server closed the connection unexpectedly")]
+    statements.failures = [lost(error, "server closed the connection unexpectedly")]
     row = Row("after-restart")
 
     group.write(row)
 
     assert row.pk == 100
     assert statements.batches == [["after-restart"], ["after-restart"]]
-    assert len(closed) == 1  # the broken connection was dropped before the retry
+    # The broken connection was closed, and the retry ran on a new one.
+    first, second = statements.connections
+    assert first.closed and not second.closed
     assert [r.getMessage() for r in caplog.records if r.name == "audit.writer"] == [
         "Audit writer reconnecting after: server closed the connection unexpectedly"
     ]
 
 
+def test_a_statement_that_fails_on_a_usable_connection_is_not_retried(group, statements):
+    # Its time ran out, say: a second try would make the request wait as long again.
+    statements.failures = [OperationalError("canceling statement due to statement timeout")]
+
+    with pytest.raises(OperationalError, match="statement timeout"):
+        group.write(Row("x"))
+    assert statements.batches == [["x"]]
+    assert len(statements.connections) == 1 and not statements.connections[0].closed
+
+
+def test_a_connection_that_cannot_be_opened_fails_the_row_and_is_tried_again_later(
+    group, statements
+):
+    statements.connect_failures = [OperationalError("connection refused")]
+    with pytest.raises(OperationalError, match="connection refused"):
+        group.write(Row("x"))
+
+    row = Row("y")
+    group.write(row)
+    assert row.pk == 100 and statements.batches == [["y"]]
+
+
+def test_a_lost_connection_that_cannot_be_reopened_fails_the_row_until_it_can(group, statements):
+    group.write(Row("before"))
+    statements.failures = [lost(OperationalError, "server closed the connection")]
+    statements.connect_failures = [OperationalError("connection refused")]
+
+    with pytest.raises(OperationalError, match="connection refused"):
+        group.write(Row("during"))
+    row = Row("after")
+    group.write(row)
+    assert row.pk == 101 and len(statements.connections) == 2
+
+
 def test_a_connection_lost_twice_fails_the_row(group, statements):
-    statements.failures = [OperationalError("down"), OperationalError("still down")]
+    statements.failures = [lost(OperationalError, "down"), lost(OperationalError, "still down")]
 
     with pytest.raises(OperationalError, match="still down"):
         group.write(Row("x"))
 
 
 def test_a_database_that_is_down_fails_a_batch_at_once_not_row_by_row(group, statements):
-    statements.failures = [OperationalError("down")] * 4
+    statements.failures = [lost(OperationalError, "down") for _ in range(4)]
 
     written, failed = held_until_queued(group, statements, ["a", "b", "c"])
 
@@ -196,41 +268,64 @@ def test_any_other_error_reaches_the_waiting_request_and_the_writer_goes_on(grou
     assert row.pk == 100
 
 
-def test_a_request_waits_for_its_commit_at_most_wait_seconds(group, statements, monkeypatch):
+def test_a_request_queued_behind_a_statement_waits_at_most_wait_seconds(
+    group, statements, monkeypatch
+):
     monkeypatch.setattr(writer, "WAIT_SECONDS", 0.1)
     statements.release.clear()
+    threads, written, failed = write_in_threads(group, ["first"])
+    while statements.holding < 1:
+        threading.Event().wait(0.005)
 
     with pytest.raises(OperationalError, match="did not commit within 0.1 s"):
-        group.write(Row("stuck"))
-
-
-def test_stop_writes_what_is_queued_then_ends_the_thread(group, statements):
-    statements.release.clear()
-    threads, written, _ = write_in_threads(group, ["a", "b"])
-    while statements.holding + group._queue.qsize() < 2:
-        threading.Event().wait(0.005)
-    stopper = threading.Thread(target=group.stop)
-    stopper.start()
+        group.write(Row("late"))
     statements.release.set()
-    stopper.join(timeout=30)
-    for thread in threads:
-        thread.join(timeout=30)
+    threads[0].join(timeout=30)
 
-    assert sorted(written) == ["a", "b"]
-    assert not [t for t in threading.enumerate() if t.name == "audit-writer"]
-    row = Row("later")
-    group.write(row)  # a new thread, as after a fork
-    assert row.pk is not None
+    assert (written, failed) == ({"first": 100}, {})
+    # The row that gave up left the queue: never written, its request already answered.
+    assert statements.batches == [["first"]]
+    row = Row("after")
+    group.write(row)  # and the next row leads at once
+    assert (row.pk, statements.batches[1:]) == (101, [["after"]])
 
 
-def test_a_forked_process_starts_its_own_thread(group, statements, monkeypatch):
-    group.write(Row("parent"))
-    parent_queue = group._queue
-    monkeypatch.setattr(writer.os, "getpid", lambda: -1)  # as a child process sees itself
+def test_stop_closes_the_connection_and_the_next_row_opens_another(group, statements):
+    group.write(Row("a"))
+    group.stop()
+    assert statements.connections[0].closed
 
-    row = Row("child")
+    row = Row("b")
     group.write(row)
+    assert row.pk == 101 and len(statements.connections) == 2
 
-    assert group._queue is not parent_queue and row.pk == 101
-    group.stop()  # the child's thread
-    parent_queue.put(threading.Event())  # and the parent's, which a real child would not see
+
+def test_a_forked_child_starts_afresh_whatever_its_parent_was_doing(group, statements):
+    group.write(Row("parent"))
+    # The parent is in the middle of a statement, on another thread, when it forks.
+    statements.release.clear()
+    threads, written, _ = write_in_threads(group, ["parent-2"])
+    while statements.holding < 1:
+        threading.Event().wait(0.005)
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: only this thread, a copy of everything else
+        try:
+            statements.release.set()
+            row = Row("child")
+            group.write(row)  # leads at once: the parent's leader is not here to wake it
+            report = f"{row.pk} {len(statements.connections)} {statements.connections[0].closed}"
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            report = repr(exc)
+        os.write(writing, report.encode())
+        os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading) as pipe:
+        report = pipe.read()
+    os.waitpid(child, 0)
+    statements.release.set()
+    threads[0].join(timeout=30)
+
+    # A connection of its own (the parent's was not closed by it: not the child's to use).
+    assert report == "101 2 False"
+    assert written == {"parent-2": 101}
