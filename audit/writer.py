@@ -36,12 +36,12 @@ WAIT_SECONDS = 5.0
 class _Pending:
     __slots__ = ("attempt", "woken", "error", "leads")
 
-    def __init__(self, attempt) -> None:
+    def __init__(self, attempt, *, leads: bool) -> None:
         self.attempt = attempt
+        self.leads = leads
         # Set when the row is written (or failed), or when its request is to lead.
         self.woken = threading.Event()
         self.error: Exception | None = None
-        self.leads = False
 
 
 class GroupWriter:
@@ -65,16 +65,16 @@ class GroupWriter:
 
     def write(self, attempt) -> None:
         """Write one row; return once it is committed, with attempt.pk set, or raise."""
-        pending = _Pending(attempt)
         with self._lock:
+            pending = _Pending(attempt, leads=not self._leading)
             self._queue.append(pending)
-            pending.leads = not self._leading
             self._leading = True
         if not pending.leads and not pending.woken.wait(WAIT_SECONDS):
             with self._lock:
-                # Woken to lead at the last moment: lead, or no one would.
-                if not pending.leads and not pending.woken.is_set():
-                    if pending in self._queue:  # not in a statement yet: never written
+                # Woken at the last moment, its row written or to lead: go on as woken (to
+                # lead, no one else would).
+                if not pending.woken.is_set():
+                    if pending in self._queue:  # in no statement yet: never written
                         self._queue.remove(pending)
                     raise OperationalError(
                         f"the audit writer did not commit within {WAIT_SECONDS:g} s"

@@ -290,6 +290,60 @@ def test_a_request_queued_behind_a_statement_waits_at_most_wait_seconds(
     assert (row.pk, statements.batches[1:]) == (101, [["after"]])
 
 
+def test_one_row_queued_behind_a_statement_is_written_next_by_its_own_request(group, statements):
+    written, failed = held_until_queued(group, statements, ["first", "second"])
+
+    assert (written, failed) == ({"first": 100, "second": 101}, {})
+    assert (statements.batches, statements.threads) == (
+        [["first"], ["second"]],
+        ["first", "second"],
+    )
+
+
+class DeadlineEvent(threading.Event):
+    """A wait that ends at its deadline in the very moment the leader wakes the row: it lets the
+    statement ahead return, waits until the leader has reached this row, then says the time ran
+    out."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def wait(self, timeout=None) -> bool:
+        self.release.set()
+        super().wait(timeout=30)
+        return False
+
+
+@pytest.mark.parametrize(
+    "behind", [["late"], ["first", "late"]], ids=["woken-to-lead", "written-by-another"]
+)
+def test_a_row_woken_at_its_deadline_is_not_failed(group, statements, monkeypatch, behind):
+    # Alone behind the statement, "late" is woken to lead the next one; behind "first", it is
+    # written in the statement that "first" leads.
+    statements.release.clear()
+    threads, _, failed = write_in_threads(group, ["leader"])
+    while statements.holding < 1:
+        threading.Event().wait(0.005)
+    more, _, failed_later = write_in_threads(group, behind[:-1])
+    while len(group._queue) < len(behind) - 1:
+        threading.Event().wait(0.005)
+
+    class LatePending(writer._Pending):
+        def __init__(self, attempt, *, leads):
+            super().__init__(attempt, leads=leads)
+            self.woken = DeadlineEvent(statements.release)
+
+    monkeypatch.setattr(writer, "_Pending", LatePending)
+    row = Row("late")
+    group.write(row)
+    for thread in threads + more:
+        thread.join(timeout=30)
+
+    assert row.pk == 100 + len(behind) and not failed and not failed_later
+    assert statements.batches == [["leader"], behind]
+
+
 def test_stop_closes_the_connection_and_the_next_row_opens_another(group, statements):
     group.write(Row("a"))
     group.stop()
