@@ -44,7 +44,7 @@ BUCKETS = (
     ("throttle (Redis)", "sessions_api/drf.py", ""),
     ("upstream call (requests)", "sessions_api/client.py", ""),
     ("audit write (database)", "audit/services.py", "session_attempt_record"),
-    ("audit write (database)", "audit/writer.py", ""),  # the group-commit thread
+    ("audit write (database)", "audit/writer.py", ""),  # a group-commit leader
     ("caller identity, cookie", "sessions_api/identity.py", ""),
     ("input and output serializers", "rest_framework/serializers.py", ""),
     ("response rendering", "rest_framework/renderers.py", ""),
