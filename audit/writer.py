@@ -8,7 +8,8 @@ returns only once its own row is committed, so no secret leaves before its row i
 
 Under load that turns many round trips, commits and WAL flushes into one, which is most of an
 audit write's cost. Alone, a request pays no hand-over to another thread: measured against a
-writer thread, a third fewer context switches per request (docs/benchmarks.md).
+writer thread, a quarter to a third fewer context switches per request and 8 % more sessions
+per second (docs/benchmarks.md).
 
 PostgreSQL only (SQLite serialises its writers anyway). The leaders of a process take turns on
 one database connection of the writer's own, so a write never waits for the pool and never joins
@@ -28,8 +29,9 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 256
 # A request queued behind a statement gives up waiting after this long, and is answered 503
 # (its minted session is cancelled): a database that does not answer must not hold requests for
-# ever. The leader's own statement is bounded by as much (services.py). As long as the pool's
-# wait for a connection (DB_POOL_TIMEOUT), so a database that is down costs 5 s.
+# ever. PostgreSQL cuts the leader's own statement off after as long (services.py); only a server
+# that stops answering altogether holds a leader longer. As long as the pool's wait for a
+# connection (DB_POOL_TIMEOUT), so a database that is down costs 5 s.
 WAIT_SECONDS = 5.0
 
 
@@ -85,7 +87,8 @@ class GroupWriter:
             raise pending.error
 
     def stop(self) -> None:
-        """Close the writer's connection (the next write opens another)."""
+        """Close the writer's connection, once no row is being written (the next write opens
+        another)."""
         with self._lock:
             if self._connection is not None:
                 self._connection.close()
@@ -147,6 +150,6 @@ class GroupWriter:
             # A connection the server dropped (a restart, a failover): once more, on a new one.
             logger.warning("Audit writer reconnecting after: %s", exc)
             self._connection.close()
-            self._connection = None
+            self._connection = None  # so that the next statement connects, if this cannot
             self._connection = self._connect()
             return self._insert(attempts, self._connection)

@@ -127,8 +127,8 @@ def test_the_writer_reconnects_when_the_server_dropped_its_connection(group_writ
 def test_a_statement_that_waits_on_the_database_is_cut_off_after_wait_seconds(
     group_writer, monkeypatch
 ):
-    monkeypatch.setattr(writer, "WAIT_SECONDS", 0.2)  # read when the writer connects
-    group_writer.stop()
+    # Read when the writer connects, which this test's writer has not done yet.
+    monkeypatch.setattr(writer, "WAIT_SECONDS", 0.2)
     # Another session holds the minute marks' table: the writer's statement waits on its lock.
     other = connections.create_connection("default")
     try:
