@@ -456,10 +456,14 @@ def report(results: dict, points: list[tuple[int, int]], variants: list[str]) ->
                 f"| {spread([r.upstream_ms_per_request for r in runs], 2)} "
                 f"| {spread([r.peak_rss_mb for r in runs], 0)} |"
             )
-    lines += ["", "Ratio ours/naive (medians):", ""]
+    # Repeat by repeat too: a repeat runs the servers back to back, so their ratio shares the
+    # machine's state of the moment, and the spread of those ratios shows how far to trust the
+    # ratio of medians on a noisy machine.
+    lines += ["", "Ratio ours/naive: of the medians, then repeat by repeat, median (min–max):", ""]
     lines += [
-        "| upstream | conns | variant | req/s | p99 | CPU/req |",
-        "|---:|---:|---|---:|---:|---:|",
+        "| upstream | conns | variant | req/s | p99 | CPU/req"
+        " | req/s by repeat (×) | CPU/req by repeat (×) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for latency, connections in points:
         naive = results[("naive", latency, connections)]
@@ -473,9 +477,17 @@ def report(results: dict, points: list[tuple[int, int]], variants: list[str]) ->
                 b = statistics.median(getattr(r, field) for r in naive)
                 return f"{a / b:.2f}×" if b else "–"
 
+            def paired(field: str, ours=ours, naive=naive) -> str:
+                pairs = zip(ours, naive, strict=True)
+                ratios = [
+                    getattr(a, field) / getattr(b, field) for a, b in pairs if getattr(b, field)
+                ]
+                return spread(ratios, 2) if ratios else "–"
+
             lines.append(
                 f"| {latency} ms | {connections} | {variant} | {ratio('rate')} "
-                f"| {ratio('p99_ms')} | {ratio('cpu_ms_per_request')} |"
+                f"| {ratio('p99_ms')} | {ratio('cpu_ms_per_request')} "
+                f"| {paired('rate')} | {paired('cpu_ms_per_request')} |"
             )
     return "\n".join(lines)
 
