@@ -24,8 +24,7 @@ class Row:
 class Connection:
     """Stands for the writer's database connection."""
 
-    def __init__(self, number: int) -> None:
-        self.number = number
+    def __init__(self) -> None:
         self.usable = True
         self.closed = False
 
@@ -54,7 +53,7 @@ class Statements:
     def connect(self) -> Connection:
         if self.connect_failures:
             raise self.connect_failures.pop(0)
-        self.connections.append(Connection(len(self.connections)))
+        self.connections.append(Connection())
         return self.connections[-1]
 
     def __call__(self, rows: list[Row], connection: Connection) -> list[int]:
