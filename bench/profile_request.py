@@ -41,7 +41,7 @@ from compare import (
 
 # First match wins, looking from the outermost frame in: (bucket, file fragment, function).
 BUCKETS = (
-    ("throttle (Redis)", "sessions_api/drf.py", ""),
+    ("throttle (Redis)", "sessions_api/throttle.py", ""),
     ("upstream call (requests)", "sessions_api/client.py", ""),
     ("audit write (database)", "audit/services.py", "session_attempt_record"),
     ("audit write (database)", "audit/writer.py", ""),  # a group-commit leader
