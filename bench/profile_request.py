@@ -2,10 +2,10 @@
 
 Starts the emulator (0 ms) and the broker exactly as bench/compare.py runs it ("ours": its own
 gunicorn.conf.py, PostgreSQL, Redis, throttles off unless --throttled; --naive for the guide's
-view), ours with one worker. wrk drives one connection (--connections to change it), so there
-is never a queue; py-spy samples the server's processes with --gil (only a thread holding the
-GIL counts: Python's CPU, not its waiting), and the samples are put into buckets by the first
-frame of ours they pass through.
+view), ours with one worker (--workers to change it). wrk drives one connection (--connections
+to change it), so there is never a queue; py-spy samples the server's processes with --gil
+(only a thread holding the GIL counts: Python's CPU, not its waiting), and the samples are put
+into buckets by the first frame of ours they pass through.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
         .venv/bin/python bench/profile_request.py [--seconds 20] [--throttled | --naive] \\
@@ -96,6 +96,13 @@ def main() -> int:
         help="sample without pausing the worker: needed with many connections, whose 128 "
         "paused threads would slow it down, but stacks come out partly truncated",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="ours' worker processes; with many connections, 4 as in compare.py (the naive view "
+        "always has its four)",
+    )
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
     options = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL", "")
@@ -112,7 +119,7 @@ def main() -> int:
         upstream, upstream_url = start_emulator(env, scratch, 0)
         port = free_port()
         env = server_env(variant, port, upstream_url, database, redis_url, scratch)
-        env["WEB_CONCURRENCY"] = "1"
+        env["WEB_CONCURRENCY"] = str(options.workers)
         command, cwd = server_command(variant, port)
         server = start(command, cwd=cwd, env=env, log=scratch / "server.log")
         try:

@@ -93,6 +93,24 @@ def test_rows_queued_meanwhile_share_one_statement_and_keep_their_own_ids(group_
     assert sum(PendingMinute.objects.values_list("writes", flat=True)) == 40
 
 
+def test_text_that_looks_like_sql_or_placeholders_is_stored_as_given(group_writer):
+    # The rows are bound into the statement's text before it is sent (audit/services.py _ROW).
+    texts = ["50% off %s %% %(x)s", "{rows} {0}", 'O\'Brien \\ $1 "q"', "ünï ✓ 日本", ""]
+    group_writer.release.clear()
+    threads, (results, errors) = in_threads(
+        len(texts), lambda i: record(f"anon_{i}", status_code=400, error_message=texts[i])
+    )
+    wait_until_queued(group_writer, len(texts), errors)
+    group_writer.release.set()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert not errors
+    assert len(group_writer.batches) == 2  # the first row, then the others together
+    stored = dict(SessionAttempt.objects.values_list("user_ref", "error_message"))
+    assert stored == {f"anon_{i}": text for i, text in enumerate(texts)}
+
+
 def test_a_bad_row_fails_alone(group_writer):
     group_writer.release.clear()
     # A negative status breaks the column's CHECK constraint: the one statement fails.
