@@ -442,7 +442,7 @@ CELERY_BEAT_SCHEDULE = {
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "broker.cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             # Sub-second: the throttle asks on every request (see REDIS_PAUSE_SECONDS).
             "OPTIONS": {"socket_connect_timeout": 0.25, "socket_timeout": 0.25},

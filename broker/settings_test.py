@@ -40,7 +40,7 @@ if not REDIS_URL:
     # Django Redis backend, so SET NX and expiry behave as they do against a real server.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "broker.cache.SharedRedisCache",
             "LOCATION": "redis://fakeredis:6379/0",
             "OPTIONS": {"connection_class": fakeredis.FakeRedisConnection},
         }

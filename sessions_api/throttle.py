@@ -162,15 +162,17 @@ def count(limits: list[Limit]) -> tuple[int, int]:
 
 
 def _count_script(backend: RedisCache):
-    """The counting script on the backend's redis-py client, both made once per backend.
+    """The counting script on the backend's redis-py client, made once per client.
 
     get_client() is the backend's hook for reaching Redis, but it builds a new client on every
     call, which costs more CPU than the whole round trip; the client it builds shares the
-    backend's connection pool, so keeping it is safe. The script is sent by its SHA1 (EVALSHA),
-    and loaded again by redis-py if the server has forgotten it.
+    backend's connection pool, so keeping it is safe. With broker.cache.SharedRedisCache that
+    pool, and so the script, is one per process. The script is sent by its SHA1 (EVALSHA), and
+    loaded again by redis-py if the server has forgotten it.
     """
-    script = backend.__dict__.get("_throttle_script")
+    shared = vars(backend._cache)
+    script = shared.get("_throttle_script")
     if script is None:
         client = backend._cache.get_client(write=True)
-        script = backend.__dict__["_throttle_script"] = client.register_script(_COUNT_SCRIPT)
+        script = shared["_throttle_script"] = client.register_script(_COUNT_SCRIPT)
     return script

@@ -424,11 +424,12 @@ def test_other_methods_are_not_counted(upstream, settings, address):
     assert client.post(URL).status_code == 200
 
 
-def test_the_script_is_made_once_per_cache_backend(monkeypatch):
+def test_the_script_is_made_once_per_process(monkeypatch):
     # Django's get_client() builds a new redis-py client on every call, which cost more CPU
-    # than the round trip itself; the throttle asks once per backend (one per thread).
+    # than the round trip itself; the throttle asks once per redis-py client, and threads (and
+    # gevent's greenlets), each with a cache backend of its own, share that client.
     backend = caches["default"]
-    backend.__dict__.pop("_throttle_script", None)  # made by an earlier test, maybe
+    vars(backend._cache).pop("_throttle_script", None)  # made by an earlier test, maybe
     asked = []
     real = backend._cache.get_client
     monkeypatch.setattr(
@@ -436,6 +437,16 @@ def test_the_script_is_made_once_per_cache_backend(monkeypatch):
     )
     prefix = f"throttle-client-{secrets.token_hex(4)}"
     limits = [Limit("address", f"{prefix}-{n}", 1, 60) for n in (1, 2, 1)]
+    elsewhere = []
+    thread = threading.Thread(
+        target=lambda: elsewhere.append((caches["default"], throttle.count([limits[1]])))
+    )
 
     assert [throttle.count([limit]) for limit in limits] == [(0, 0), (0, 0), (1, 60)]
+    thread.start()
+    thread.join()
+    [(other_backend, counted)] = elsewhere
+    assert other_backend is not backend
+    assert other_backend._cache is backend._cache
+    assert counted == (1, 60)
     assert asked == [{"write": True}]
