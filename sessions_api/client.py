@@ -5,6 +5,7 @@ wall-clock budget (retries, backoff and slow bodies included), retries only wher
 safe and useful, and never lets the API key or a client secret into a message or a log line.
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -12,7 +13,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -151,14 +152,16 @@ class ChatKitClient:
         self._config = config
         self._sleep = sleep
         self._clock = clock
-        # requests.Session is not documented as thread-safe: one per thread, tracked for close().
-        # They share one adapter, whose urllib3 pool is: connections follow the calls in
-        # flight, not the number of threads.
-        self._local = threading.local()
+        # requests.Session is not documented as safe to share: each call borrows one no other
+        # call is using, so there are as many as calls were ever in flight at once. Borrowed,
+        # not one per thread: under gunicorn's gevent worker each request is a greenlet of its
+        # own, and would have made a session per call. They share one adapter, whose urllib3
+        # pool is: connections follow the calls in flight, not the number of sessions.
         self._lock = threading.Lock()
-        self._sessions: list[requests.Session] = []
+        self._sessions: list[requests.Session] = []  # all of them, for close()
+        self._idle: list[requests.Session] = []
         self._adapter: _SharedTLSAdapter | None = None
-        self._generation = 0  # bumped by close(), so threads drop their closed sessions
+        self._generation = 0  # bumped by close(), so a session borrowed before is not kept
         # What requests looks up in the environment on every call, looked up once, as requests
         # does it: the proxy for our one host unless NO_PROXY exempts it, and a CA bundle.
         self._proxies = requests.utils.get_environ_proxies(config.base_url)
@@ -196,7 +199,7 @@ class ChatKitClient:
 
     def close(self) -> None:
         with self._lock:
-            sessions, self._sessions = self._sessions, []
+            sessions, self._sessions, self._idle = self._sessions, [], []
             adapter, self._adapter = self._adapter, None
             self._generation += 1
         for session in sessions:
@@ -224,20 +227,29 @@ class ChatKitClient:
             "User-Agent": USER_AGENT,
         }
 
-    def _session(self) -> requests.Session:
-        local = self._local
-        if getattr(local, "generation", None) != self._generation:
-            # Only send() is called on it: the environment, read once in __init__, is passed in,
-            # and no per-call merging of settings (half of requests' CPU per call) happens.
-            session = requests.Session()
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[requests.Session]:
+        """A session for one call, no other call's meanwhile."""
+        with self._lock:
+            generation = self._generation
+            session = self._idle.pop() if self._idle else self._session_new()
+        try:
+            yield session
+        finally:
             with self._lock:
-                if self._adapter is None:
-                    self._adapter = _SharedTLSAdapter(self._ca_bundle, self._config.pool_maxsize)
-                session.mount("https://", self._adapter)
-                session.mount("http://", self._adapter)
-                self._sessions.append(session)
-                local.session, local.generation = session, self._generation
-        return local.session
+                if generation == self._generation:  # not closed meanwhile
+                    self._idle.append(session)
+
+    def _session_new(self) -> requests.Session:
+        # Only send() is called on it: the environment, read once in __init__, is passed in,
+        # and no per-call merging of settings (half of requests' CPU per call) happens.
+        session = requests.Session()
+        if self._adapter is None:
+            self._adapter = _SharedTLSAdapter(self._ca_bundle, self._config.pool_maxsize)
+        session.mount("https://", self._adapter)
+        session.mount("http://", self._adapter)
+        self._sessions.append(session)
+        return session
 
     def _call(
         self, op: str, url: str, payload: bytes | None, *, need_secret: bool
@@ -307,13 +319,14 @@ class ChatKitClient:
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise UpstreamTimeout(error_message="time budget spent before the request was sent")
-        response = self._session().send(
-            self._prepare(url, payload),
-            timeout=(min(cfg.connect_timeout, remaining), min(cfg.read_timeout, remaining)),
-            stream=True,  # read the body ourselves, under the deadline
-            allow_redirects=False,
-            proxies=self._proxies,
-        )
+        with self._session() as session:
+            response = session.send(
+                self._prepare(url, payload),
+                timeout=(min(cfg.connect_timeout, remaining), min(cfg.read_timeout, remaining)),
+                stream=True,  # read the body ourselves, under the deadline
+                allow_redirects=False,
+                proxies=self._proxies,
+            )
         try:
             status = response.status_code
             request_id = response.headers.get("x-request-id")

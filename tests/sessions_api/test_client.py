@@ -1349,25 +1349,42 @@ def test_a_key_in_a_gateways_own_format_never_leaks(
 # --- connections and threads ----------------------------------------------------------------
 
 
-def test_each_thread_has_its_own_session(httpserver, base_url, make_client):
-    expect_create(httpserver).respond_with_json(OK_BODY)
+def test_calls_at_the_same_time_borrow_different_sessions_and_give_them_back(base_url, make_client):
     client = make_client(base_url)
-    seen: dict[str, list[object]] = {}
 
-    def work(name: str) -> None:
-        seen[name] = [client._session(), client._session()]
-        client.create_session(workflow_id="wf_abc", user=name)
+    with client._session() as first, client._session() as second:
+        assert first is not second
+    # Given back: the next calls borrow them again, and no session is made.
+    with client._session() as third, client._session() as fourth:
+        assert {id(third), id(fourth)} == {id(first), id(second)}
+    assert len(client._sessions) == 2
 
-    threads = [threading.Thread(target=work, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
-    assert seen["a"][0] is seen["a"][1]
-    assert seen["b"][0] is seen["b"][1]
-    assert seen["a"][0] is not seen["b"][0]
-    assert len(httpserver.log) == 2
+def test_each_call_in_flight_has_a_session_of_its_own(make_client):
+    # The upstream answers only once both calls are in: with one session between them, the
+    # second would wait for the first, and the first for the second.
+    both_in = threading.Barrier(2, timeout=10)
+
+    def answer(request: Request) -> Response:
+        both_in.wait()
+        return Response(json.dumps(OK_BODY), content_type="application/json")
+
+    results: list[str] = []
+
+    def call(name: str) -> None:
+        results.append(client.create_session(workflow_id="wf_abc", user=name).session_id)
+
+    with HTTPServer(threaded=True) as server:
+        expect_create(server).respond_with_handler(answer)
+        client = make_client(server.url_for("/v1"), max_retries=0)
+        threads = [threading.Thread(target=call, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    assert results == ["cksess_123", "cksess_123"]
+    assert len(client._sessions) == 2
 
 
 def test_a_thread_reuses_its_connection(keepalive_server, make_client):
@@ -1399,11 +1416,13 @@ def test_threads_share_the_kept_alive_connections(keepalive_server, make_client)
 def test_close_closes_sessions_and_the_client_still_works(keepalive_server, make_client):
     url, _ = keepalive_server
     client = make_client(url)
-    before = client._session()
+    with client._session() as before:
+        pass
 
     client.close()
 
-    assert client._session() is not before
+    with client._session() as after:
+        assert after is not before
     assert client.create_session(workflow_id="wf_abc", user="u").session_id == "cksess_123"
 
 
@@ -1429,11 +1448,12 @@ def test_client_imports_without_django():
 def test_close_can_be_called_again_and_again(keepalive_server, make_client):
     url, _ = keepalive_server
     client = make_client(url)
-    seen = [client._session()]
+    seen = []
 
-    for _ in range(2):
+    for _ in range(3):
+        with client._session() as session:
+            seen.append(session)
         client.close()
-        seen.append(client._session())
 
     assert len({id(session) for session in seen}) == 3
     assert client.create_session(workflow_id="wf_abc", user="u").session_id == "cksess_123"
@@ -1646,7 +1666,8 @@ def test_without_a_bundle_in_the_environment_certifis_is_trusted(make_client, mo
         monkeypatch.delenv(name, raising=False)
     client = make_client("https://api.openai.com/v1")  # never called: only its context is read
 
-    client._session()
+    with client._session():
+        pass
     loaded = client._adapter._ssl_context.cert_store_stats()["x509_ca"]
     reference = ssl.create_default_context(cafile=requests.certs.where())
     assert loaded == reference.cert_store_stats()["x509_ca"] > 100

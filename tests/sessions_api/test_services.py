@@ -94,7 +94,8 @@ def test_an_upstream_setting_change_replaces_and_closes_the_client(
     upstream, settings, name, field, value
 ):
     first = chatkit_client()
-    first._session()
+    with first._session():
+        pass
 
     setattr(settings, name, value)
 
