@@ -3,33 +3,41 @@
 # environment; the defaults are sized for an upstream that answers in hundreds of milliseconds.
 #
 # Sizing, by Little's law (requests in flight = arrival rate × time in the system):
-# - A request costs about 2–3 ms of CPU here (docs/benchmarks.md), nearly all of it Python
+# - A request costs about 2–4 ms of CPU here (docs/benchmarks.md), nearly all of it Python
 #   holding the GIL, so one process can use at most one core. Two workers per core keep the
-#   cores busy while one process's threads wait on the GIL or in the kernel: measured against one
-#   per core at the same threads each, 10 % more sessions per second and 25 % fewer context
-#   switches per request (docs/benchmarks.md), for about 100 MB of memory per extra worker.
+#   cores busy while one process waits in the kernel: measured against one per core, 10 % more
+#   sessions per second (docs/benchmarks.md), for about 100 MB of memory per extra worker.
 # - Each session waits on OpenAI for its latency L. To keep the machine busy the workers must
-#   hold rate × L requests in flight: 700/s × 0.3 s = 210 on two cores at a typical 300 ms.
-#   128 threads per worker cover that with room for the uneven spread of kept-alive
-#   connections over the workers (a worker holding more connections than threads queues them
-#   while another idles); at a slow 1 s upstream they still serve 128 sessions/s per worker.
-# - Threads are cheap while they wait on a socket (no CPU, a small stack); the measured RSS per
-#   worker under load is in docs/benchmarks.md. The upstream client's kept-alive connections are
-#   a pool per process, up to one per thread (sessions_api/client.py); database connections come
-#   from a pool per process (DB_POOL_MAX_SIZE, 8 by default, broker/settings.py), because a
-#   signed-in request holds one only to look its caller up, and audit rows are written on one
-#   more connection per process (audit/writer.py). broker/checks.py repeats the workers' rule
-#   to warn when their connections could pass PostgreSQL's max_connections (a test keeps the
-#   two alike).
+#   hold rate × L requests in flight: 700/s × 0.3 s = 210 on two cores at a typical 300 ms, and
+#   at a slow 1 s upstream, 700 on two cores.
+# - Hence gevent's worker: each request is a greenlet, which costs a few kilobytes while it
+#   waits on a socket, and switches to the next one without the kernel. With threads (gthread,
+#   128 per worker until December 2026) every wait on the upstream, PostgreSQL or Redis gave up
+#   the GIL and queued for it again among the worker's threads; against them gevent served 8 %
+#   more sessions per second at 0 ms × 64 and 20 % more at 300 ms × 256, with a third of the
+#   kernel CPU (docs/benchmarks.md). Up to 1,000 connections per worker, gunicorn's default,
+#   covers the 1 s upstream with room for idle kept-alive connections, each of which holds a
+#   greenlet too. psycopg, redis-py and requests all wait cooperatively under gevent.
+# - The catch: a greenlet that computes holds its worker's other requests. None of ours does
+#   for long (a request's 2–4 ms); a staff login's password hash (PBKDF2, a fraction of a
+#   second) is the longest, and rare.
+# - The upstream client's kept-alive connections are a pool per process (sessions_api/client.py);
+#   database connections come from a pool per process (DB_POOL_MAX_SIZE, 8 by default,
+#   broker/settings.py), because a signed-in request holds one only to look its caller up, and
+#   audit rows are written on one more connection per process (audit/writer.py). broker/checks.py
+#   repeats the workers' rule to warn when their connections could pass PostgreSQL's
+#   max_connections (a test keeps the two alike).
+# GUNICORN_WORKER_CLASS=gthread goes back to threads (GUNICORN_THREADS per worker).
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-worker_class = "gthread"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 workers = int(os.environ.get("WEB_CONCURRENCY", 2 * len(os.sched_getaffinity(0))))
-threads = int(os.environ.get("GUNICORN_THREADS", "128"))
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
+threads = int(os.environ.get("GUNICORN_THREADS", "128"))  # gthread only
 # Connections waiting for a free thread; beyond this the kernel refuses them, which a load
 # balancer sees at once instead of a request stalling.
 backlog = int(os.environ.get("GUNICORN_BACKLOG", "2048"))

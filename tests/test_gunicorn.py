@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 
 from audit.models import SessionAttempt
@@ -159,6 +159,61 @@ def test_slow_logged_in_sessions_do_not_hold_the_pool(server, upstream, django_u
     rows = SessionAttempt.objects.filter(outcome="success", user=user)
     assert rows.count() == 8
     assert {row.session_id for row in rows} == set(upstream.state.sessions)
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.02)
+
+
+def test_one_worker_serves_others_while_a_request_waits_on_the_upstream(server, upstream):
+    # One worker (gevent's, the default): every wait must let the worker's other requests run.
+    upstream.state.push_faults([{"ok": True, "latency_ms": 3000}])
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(requests.post, f"{server}/api/chatkit/session/", json={}, timeout=30)
+        wait_for(lambda: upstream.state.counters["requests"] == 1, "the slow call upstream")
+        quick = requests.post(f"{server}/api/chatkit/session/", json={}, timeout=30)
+        pending = not slow.done()
+
+        assert quick.status_code == 200
+        assert pending  # answered while the first still waited on the upstream
+        assert slow.result().status_code == 200
+    assert SessionAttempt.objects.filter(outcome="success").count() == 2
+
+
+def statements_waiting_on_a_lock() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_one_worker_serves_others_while_a_request_waits_on_postgresql(server, upstream):
+    requests.post(f"{server}/api/chatkit/session/", json={}, timeout=30)  # connects the writer
+    blocker = connections.create_connection("default")
+    try:
+        with blocker.cursor() as cursor:
+            # The audit statement's minute marks wait on this lock.
+            cursor.execute("BEGIN; LOCK TABLE audit_pendingminute IN ACCESS EXCLUSIVE MODE")
+            with ThreadPoolExecutor(1) as pool:
+                post = pool.submit(
+                    requests.post, f"{server}/api/chatkit/session/", json={}, timeout=30
+                )
+                wait_for(lambda: statements_waiting_on_a_lock() == 1, "the audit row waiting")
+                live = requests.get(f"{server}/healthz", timeout=30)
+                pending = not post.done()
+                cursor.execute("ROLLBACK")
+
+                assert live.status_code == 200
+                assert pending  # answered while the audit row waited on PostgreSQL
+                assert post.result().status_code == 200
+    finally:
+        blocker.close()
+    assert SessionAttempt.objects.filter(outcome="success").count() == 2
 
 
 def test_a_burst_of_anonymous_sessions_is_audited_row_for_row(server, upstream):

@@ -1,5 +1,5 @@
 """deploy/nginx.conf in front of a real gunicorn: clients that never finish their request body
-cannot take the threads that everyone else needs."""
+cannot take the connections that everyone else needs."""
 
 import os
 import shutil
@@ -56,7 +56,8 @@ def test_stalled_uploads_do_not_delay_others_behind_the_shipped_nginx(
 ):
     require_service("PostgreSQL", "DATABASE_URL")
     assert connection.vendor == "postgresql"
-    small = {"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "8"}  # few threads: easy to exhaust
+    # Few connections per worker: easy to exhaust.
+    small = {"WEB_CONCURRENCY": "1", "GUNICORN_WORKER_CONNECTIONS": "8"}
     with gunicorn_running(upstream, tmp_path / "gunicorn.log", **small) as direct:
         gunicorn_port = int(direct.rsplit(":", 1)[1])
         nginx_port = free_port()
@@ -81,7 +82,7 @@ def test_stalled_uploads_do_not_delay_others_behind_the_shipped_nginx(
             time.sleep(0.5)
             through_nginx = [mint(proxied) for _ in range(3)]
 
-            # The same stalls straight at gunicorn take every thread: the premise of the test.
+            # The same stalls straight at gunicorn take every connection: the premise of the test.
             stalled += stalled_uploads(gunicorn_port)
             time.sleep(0.5)
             straight = mint(direct)
