@@ -107,7 +107,7 @@ DATABASES["default"]["ATOMIC_REQUESTS"] = False
 # SQLite with DEBUG off is refused by a system check unless this says it is on purpose.
 ALLOW_SQLITE = env.bool("DJANGO_ALLOW_SQLITE", default=False)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # gunicorn threads and the Celery worker write concurrently: WAL plus a busy timeout and
+    # gunicorn's workers and the Celery worker write concurrently: WAL plus a busy timeout and
     # IMMEDIATE transactions keep SQLite from answering "database is locked".
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 10,
@@ -115,14 +115,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 else:
-    # One pool per process, shared by its threads. gunicorn runs many threads per worker (sized
-    # in gunicorn.conf.py for a slow upstream), far more than PostgreSQL's max_connections would
-    # allow as one persistent connection each, while a signed-in request needs one only to look
-    # its caller up, about a millisecond. The service hands the caller's connection back before
-    # the upstream call, so no request holds one while it waits. The audit writer has one
-    # connection of its own besides (audit/writer.py). Web workers × (max_size + 1), plus the
-    # Celery workers' pools, must stay under max_connections (100 by default): 4 × 9 on two
-    # cores, and the check broker.W002 warns when this server's workers alone could pass it.
+    # One pool per process, shared by its requests. gunicorn serves many requests at once per
+    # worker (sized in gunicorn.conf.py for a slow upstream), far more than PostgreSQL's
+    # max_connections would allow as one persistent connection each, while a signed-in request
+    # needs one only to look its caller up, about a millisecond. The service hands the caller's
+    # connection back before the upstream call, so no request holds one while it waits. The
+    # audit writer has one connection of its own besides (audit/writer.py). Web workers ×
+    # (max_size + 1), plus the Celery workers' pools, must stay under max_connections (100 by
+    # default): 4 × 9 on two cores, and the check broker.W002 warns when this server's workers
+    # alone could pass it.
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections open, not Django
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks one before lending it
     options = DATABASES["default"].setdefault("OPTIONS", {})

@@ -58,6 +58,7 @@ MODULES: dict[str, list[str]] = {
     "audit/stats.py": ["tests/audit/test_stats.py"],
     "audit/writer.py": ["tests/audit/test_writer_logic.py", "tests/audit/test_writer.py"],
     "broker/checks.py": ["tests/test_connection_budget.py", "tests/test_metrics.py"],
+    "broker/cache.py": ["tests/test_cache.py", "tests/sessions_api/test_throttle.py"],
     "broker/middleware.py": [
         "tests/test_csp.py",
         "tests/audit/test_admin.py",

@@ -48,9 +48,9 @@ class ClientConfig:
     max_retries: int = 2
     max_retry_after: float = 2.0  # a 429 is retried only when its Retry-After is <= this
     max_body_bytes: int = 1_048_576
-    # Kept-alive connections shared by the process's threads; a call never waits for one (a
-    # busier moment opens more and closes the extra after use). gunicorn's 128 threads per
-    # worker make at most 128 calls at once.
+    # Kept-alive connections shared by the process's calls; a call never waits for one (a
+    # busier moment opens more and closes the extra after use). 128 covers a worker's calls in
+    # flight at 300 ms and beyond: 64 each at 300 ms × 256 connections (docs/benchmarks.md).
     pool_maxsize: int = 128
 
     def __post_init__(self) -> None:
