@@ -18,9 +18,9 @@
 #   kernel CPU (docs/benchmarks.md). Up to 1,000 connections per worker, gunicorn's default,
 #   covers the 1 s upstream with room for idle kept-alive connections, each of which holds a
 #   greenlet too. psycopg, redis-py and requests all wait cooperatively under gevent.
-# - The catch: a greenlet that computes holds its worker's other requests. None of ours does
-#   for long (a request's 2–4 ms); a staff login's password hash (PBKDF2, a fraction of a
-#   second) is the longest, and rare.
+# - The catch: a greenlet that computes holds its worker's other requests. A request computes
+#   for its 2–4 ms; the one long computation, a staff login's password hash (half a second),
+#   runs on gevent's thread pool (broker/hashers.py).
 # - The upstream client's kept-alive connections are a pool per process (sessions_api/client.py);
 #   database connections come from a pool per process (DB_POOL_MAX_SIZE, 8 by default,
 #   broker/settings.py), because a signed-in request holds one only to look its caller up, and
