@@ -21,9 +21,13 @@ class SharedRedisCache(RedisCache):
 
     @cached_property
     def _cache(self):
-        key = repr((self._servers, sorted(self._options.items())))
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                client = _clients[key] = self._class(self._servers, **self._options)
-        return client
+        return _client(self._class, self._servers, self._options)
+
+
+def _client(client_class, servers: list[str], options: dict):
+    key = repr((servers, sorted(options.items())))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = client_class(servers, **options)
+    return client
