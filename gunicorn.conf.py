@@ -13,9 +13,9 @@
 # - Hence gevent's worker: each request is a greenlet, which costs a few kilobytes while it
 #   waits on a socket, and switches to the next one without the kernel. With threads (gthread,
 #   128 per worker until December 2026) every wait on the upstream, PostgreSQL or Redis gave up
-#   the GIL and queued for it again among the worker's threads; against them gevent served 8 %
-#   more sessions per second at 0 ms × 64 and 20 % more at 300 ms × 256, with a third of the
-#   kernel CPU (docs/benchmarks.md). Up to 1,000 connections per worker, gunicorn's default,
+#   the GIL and queued for it again among the worker's threads; against them gevent served
+#   7–13 % more sessions per second at 0 ms × 64 and 12–31 % more at 300 ms × 256, with less
+#   than half the kernel CPU (alternating pairs, docs/benchmarks.md). Up to 1,000 connections per worker, gunicorn's default,
 #   covers the 1 s upstream with room for idle kept-alive connections, each of which holds a
 #   greenlet too. psycopg, redis-py and requests all wait cooperatively under gevent.
 # - The catch: a greenlet that computes holds its worker's other requests. A request computes
