@@ -17,7 +17,8 @@
 #   7–13 % more sessions per second at 0 ms × 64 and 12–31 % more at 300 ms × 256, with less
 #   than half the kernel CPU (alternating pairs, docs/benchmarks.md). Up to 1,000 connections
 #   per worker, gunicorn's default, covers the 1 s upstream with room for idle kept-alive
-#   connections, each of which holds a greenlet too. psycopg, redis-py and requests all wait cooperatively under gevent.
+#   connections, each of which holds a greenlet too. psycopg, redis-py and requests all wait
+#   cooperatively under gevent.
 # - The catch: a greenlet that computes holds its worker's other requests. A request computes
 #   for its 2–4 ms; the one long computation, a staff login's password hash (half a second),
 #   runs on gevent's thread pool (broker/hashers.py).
