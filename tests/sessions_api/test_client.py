@@ -1413,6 +1413,28 @@ def test_threads_share_the_kept_alive_connections(keepalive_server, make_client)
     assert len(set(client_ports)) == 1  # the pool is the process's, not each thread's
 
 
+def test_sessions_share_the_kept_alive_connections(keepalive_server, make_client):
+    url, client_ports = keepalive_server
+    client = make_client(url)
+
+    client.create_session(workflow_id="wf_abc", user="a")
+    with client._session():  # the first call's session is busy: the next call makes another
+        client.create_session(workflow_id="wf_abc", user="b")
+
+    assert len(client._sessions) == 2
+    assert len(client_ports) == 2
+    assert len(set(client_ports)) == 1  # one pool behind both sessions
+
+
+def test_a_session_borrowed_before_any_close_is_not_kept(base_url, make_client):
+    client = make_client(base_url)
+    for _ in range(2):  # the second close as well as the first
+        with client._session() as borrowed:
+            client.close()
+        with client._session() as after:
+            assert after is not borrowed
+
+
 def test_close_closes_sessions_and_the_client_still_works(keepalive_server, make_client):
     url, _ = keepalive_server
     client = make_client(url)
