@@ -93,8 +93,9 @@ def main() -> int:
     parser.add_argument(
         "--nonblocking",
         action="store_true",
-        help="sample without pausing the worker: needed with many connections, whose 128 "
-        "paused threads would slow it down, but stacks come out partly truncated",
+        help="sample without pausing the worker: needed with many connections under threads "
+        "(GUNICORN_WORKER_CLASS=gthread), whose 128 paused threads would slow it down, but "
+        "stacks come out partly truncated; gevent's worker has one thread",
     )
     parser.add_argument(
         "--workers",
