@@ -4,9 +4,11 @@
 #
 # Sizing, by Little's law (requests in flight = arrival rate × time in the system):
 # - A request costs about 2–4 ms of CPU here (docs/benchmarks.md), nearly all of it Python
-#   holding the GIL, so one process can use at most one core. Two workers per core keep the
-#   cores busy while one process waits in the kernel: measured against one per core, 10 % more
-#   sessions per second (docs/benchmarks.md), for about 100 MB of memory per extra worker.
+#   holding the GIL, so one process can use at most one core: one worker per core. A gevent
+#   worker never leaves its core idle while a request waits, so a second worker per core only
+#   adds contention: against two per core, one served 13–23 % more sessions per second at
+#   0 ms × 64 for 10–14 % less CPU per request (docs/benchmarks.md). Never fewer than two, so
+#   that one serves while the other restarts (max_requests) or computes.
 # - Each session waits on OpenAI for its latency L. To keep the machine busy the workers must
 #   hold rate × L requests in flight: 700/s × 0.3 s = 210 on two cores at a typical 300 ms, and
 #   at a slow 1 s upstream, 700 on two cores.
@@ -36,7 +38,7 @@ from pathlib import Path
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
-workers = int(os.environ.get("WEB_CONCURRENCY", 2 * len(os.sched_getaffinity(0))))
+workers = int(os.environ.get("WEB_CONCURRENCY", max(2, len(os.sched_getaffinity(0)))))
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 threads = int(os.environ.get("GUNICORN_THREADS", "128"))  # gthread only
 # Connections waiting for a free thread; beyond this the kernel refuses them, which a load

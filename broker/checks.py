@@ -51,7 +51,7 @@ def metrics_access_check(app_configs=None, **kwargs) -> list:
 def web_workers() -> int:
     """How many gunicorn workers this machine runs: gunicorn.conf.py's rule (a test keeps the
     two alike)."""
-    return int(os.environ.get("WEB_CONCURRENCY", 2 * len(os.sched_getaffinity(0))))
+    return int(os.environ.get("WEB_CONCURRENCY", max(2, len(os.sched_getaffinity(0)))))
 
 
 @register(Tags.database)

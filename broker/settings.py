@@ -122,7 +122,7 @@ else:
     # connection back before the upstream call, so no request holds one while it waits. The
     # audit writer has one connection of its own besides (audit/writer.py). Web workers ×
     # (max_size + 1), plus the Celery workers' pools, must stay under max_connections (100 by
-    # default): 4 × 9 on two cores, and the check broker.W002 warns when this server's workers
+    # default): 2 × 9 on two cores, and the check broker.W002 warns when this server's workers
     # alone could pass it.
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections open, not Django
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks one before lending it
