@@ -49,9 +49,11 @@ class ClientConfig:
     max_retry_after: float = 2.0  # a 429 is retried only when its Retry-After is <= this
     max_body_bytes: int = 1_048_576
     # Kept-alive connections shared by the process's calls; a call never waits for one (a
-    # busier moment opens more and closes the extra after use). 128 covers a worker's calls in
-    # flight at 300 ms and beyond: 64 each at 300 ms × 256 connections (docs/benchmarks.md).
-    pool_maxsize: int = 128
+    # busier moment opens more, and closes after use those beyond this many). As many as a
+    # gevent worker serves at once (gunicorn.conf.py, 1,000), so that a slow upstream, with
+    # that many calls in flight, does not pay a new connection (over TLS, a handshake) per
+    # call. Only connections that were once all in use at the same time are kept.
+    pool_maxsize: int = 1000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
