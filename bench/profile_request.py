@@ -1,15 +1,16 @@
 """Where one request's CPU goes: py-spy on the broker, one request at a time (issue 7).
 
-Starts the emulator (0 ms) and the broker exactly as bench/compare.py runs it ("ours": its own
-gunicorn.conf.py, PostgreSQL, Redis, throttles off unless --throttled; --naive for the guide's
-view), ours with one worker (--workers to change it). wrk drives one connection (--connections
-to change it), so there is never a queue; py-spy samples the server's processes with --gil
-(only a thread holding the GIL counts: Python's CPU, not its waiting), and the samples are put
-into buckets by the first frame of ours they pass through.
+Starts the emulator (0 ms; --latency-ms to change it) and the broker exactly as
+bench/compare.py runs it ("ours": its own gunicorn.conf.py, PostgreSQL, Redis, throttles off
+unless --throttled; --naive for the guide's view), ours with one worker (--workers to change
+it). wrk drives one connection (--connections to change it), so there is never a queue; py-spy
+samples the server's processes with --gil (only a thread holding the GIL counts: Python's CPU,
+not its waiting), and the samples are put into buckets by the first frame of ours they pass
+through.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
         .venv/bin/python bench/profile_request.py [--seconds 20] [--throttled | --naive] \\
-            [--raw out.txt]
+            [--latency-ms 300] [--raw out.txt]
 
 Needs wrk on PATH (Debian: apt-get install -y wrk) and py-spy (in requirements/dev.txt), which
 needs ptrace rights (root, or kernel.yama.ptrace_scope=0).
@@ -101,9 +102,10 @@ def main() -> int:
         "--workers",
         type=int,
         default=1,
-        help="ours' worker processes; with many connections, 4 as in compare.py (the naive view "
-        "always has its four)",
+        help="ours' worker processes; with many connections, as many as compare.py runs "
+        "(gunicorn.conf.py: one per core, at least two; the naive view always has its four)",
     )
+    parser.add_argument("--latency-ms", type=int, default=0, help="the upstream's latency")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
     options = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL", "")
@@ -117,7 +119,7 @@ def main() -> int:
         # The broker's settings even for --naive: they migrate the database and run the emulator.
         env = server_env("ours", 0, "http://127.0.0.1:0/v1", database, redis_url, scratch)
         migrate(env)
-        upstream, upstream_url = start_emulator(env, scratch, 0)
+        upstream, upstream_url = start_emulator(env, scratch, options.latency_ms)
         port = free_port()
         env = server_env(variant, port, upstream_url, database, redis_url, scratch)
         env["WEB_CONCURRENCY"] = str(options.workers)
@@ -145,7 +147,7 @@ def main() -> int:
     if options.raw:
         options.raw.write_text(text)
     print(f"{variant}: {load['rate']:.0f} req/s at {options.connections} connection(s), "
-          f"p50 {load['p50_ms']:.2f} ms")  # fmt: skip
+          f"{options.latency_ms} ms upstream, p50 {load['p50_ms']:.2f} ms")  # fmt: skip
     for name, share in summarise(text):
         print(f"  {share:5.1f} %  {name}")
     return 0
