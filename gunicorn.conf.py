@@ -6,8 +6,8 @@
 # - A request costs about 2–4 ms of CPU here (docs/benchmarks.md), nearly all of it Python
 #   holding the GIL, so one process can use at most one core: one worker per core. A gevent
 #   worker never leaves its core idle while a request waits, so a second worker per core only
-#   adds contention: against two per core, one served 13–23 % more sessions per second at
-#   0 ms × 64 for 10–14 % less CPU per request (docs/benchmarks.md). Never fewer than two, so
+#   adds contention: against two per core, one served 15–17 % more sessions per second at
+#   0 ms × 64 for 12–14 % less CPU per request (docs/benchmarks.md). Never fewer than two, so
 #   that one serves while the other restarts (max_requests) or computes.
 # - Each session waits on OpenAI for its latency L. To keep the machine busy the workers must
 #   hold rate × L requests in flight: 700/s × 0.3 s = 210 on two cores at a typical 300 ms, and

@@ -24,7 +24,9 @@ def test_the_check_counts_the_workers_gunicorn_runs(monkeypatch, tmp_path, concu
         monkeypatch.setenv("WEB_CONCURRENCY", concurrency)
     config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert config["workers"] == web_workers()
-    assert web_workers() == (int(concurrency) if concurrency else max(2, len(os.sched_getaffinity(0))))
+    assert web_workers() == (
+        int(concurrency) if concurrency else max(2, len(os.sched_getaffinity(0)))
+    )
 
 
 @pytest.fixture
