@@ -1,10 +1,11 @@
 """Group commit: the audit rows of concurrent requests in one statement and one commit.
 
-Leader and followers, with no thread of its own. A request whose row finds no statement under
-way writes it at once, on its own thread: the leader. Rows that arrive while a statement is
-under way queue, and their requests wait; when the statement returns, its leader wakes the first
-of them, which writes everything queued meanwhile in one statement, and so on. Each request
-returns only once its own row is committed, so no secret leaves before its row is durable.
+Leader and followers (batching.py), with no thread of its own. A request whose row finds no
+statement under way writes it at once, on its own thread: the leader. Rows that arrive while a
+statement is under way queue, and their requests wait; when the statement returns, its leader
+wakes the first of them, which writes everything queued meanwhile in one statement, and so on.
+Each request returns only once its own row is committed, so no secret leaves before its row is
+durable.
 
 Under load that turns many round trips, commits and WAL flushes into one, which is most of an
 audit write's cost. Alone, a request pays no hand-over to another thread: measured against a
@@ -17,11 +18,10 @@ a caller's transaction; its statements are cut off after WAIT_SECONDS (services.
 """
 
 import logging
-import os
-import threading
-import weakref
 
 from django.db import InterfaceError, OperationalError
+
+from batching import Batcher, Pending
 
 logger = logging.getLogger(__name__)
 
@@ -35,56 +35,30 @@ MAX_BATCH = 256
 WAIT_SECONDS = 5.0
 
 
-class _Pending:
-    __slots__ = ("attempt", "woken", "error", "leads")
-
-    def __init__(self, attempt, *, leads: bool) -> None:
-        self.attempt = attempt
-        self.leads = leads
-        # Set when the row is written (or failed), or when its request is to lead.
-        self.woken = threading.Event()
-        self.error: Exception | None = None
-
-
-class GroupWriter:
+class GroupWriter(Batcher):
     def __init__(self, insert, connect) -> None:
         # insert(attempts, connection) writes the rows in one statement and returns their ids
         # in order; connect() opens the connection the leaders take turns on.
         self._insert = insert
         self._connect = connect
-        self._forget()
-        # A forked child has none of its parent's threads: a lock one of them held would stay
-        # held, and the parent's connection is not the child's to use (gunicorn and Celery
-        # fork workers). A weak reference, so that a writer still goes away when dropped.
-        forget = weakref.WeakMethod(self._forget)
-        os.register_at_fork(after_in_child=lambda: (method := forget()) and method())
+        super().__init__()
 
     def _forget(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: list[_Pending] = []  # rows no statement has taken yet
-        self._leading = False  # a request is writing, or has been woken to write
-        self._connection = None
+        super()._forget()
+        self._connection = None  # after a fork, the parent's: not the child's to use
 
     def write(self, attempt) -> None:
         """Write one row; return once it is committed, with attempt.pk set, or raise."""
-        with self._lock:
-            pending = _Pending(attempt, leads=not self._leading)
-            self._queue.append(pending)
-            self._leading = True
-        if not pending.leads and not pending.woken.wait(WAIT_SECONDS):
-            with self._lock:
-                # Woken at the last moment, its row written or to lead: go on as woken (to
-                # lead, no one else would).
-                if not pending.woken.is_set():
-                    if pending in self._queue:  # in no statement yet: never written
-                        self._queue.remove(pending)
-                    raise OperationalError(
-                        f"the audit writer did not commit within {WAIT_SECONDS:g} s"
-                    )
-        if pending.leads:
-            self._lead()
-        if pending.error is not None:
-            raise pending.error
+        self._submit(attempt)
+
+    def _max_batch(self) -> int:
+        return MAX_BATCH
+
+    def _wait_seconds(self) -> float:
+        return WAIT_SECONDS
+
+    def _timed_out(self) -> Exception:
+        return OperationalError(f"the audit writer did not commit within {WAIT_SECONDS:g} s")
 
     def stop(self) -> None:
         """Close the writer's connection, once no row is being written (the next write opens
@@ -94,32 +68,15 @@ class GroupWriter:
                 self._connection.close()
                 self._connection = None
 
-    def _lead(self) -> None:
-        # The leader's own row is first in the queue: it queued when no one led, or it is the
-        # one the previous leader woke.
-        with self._lock:
-            batch = self._queue[:MAX_BATCH]
-            del self._queue[:MAX_BATCH]
+    def _flush(self, batch: list[Pending]) -> None:
         try:
-            self._flush(batch)
-        finally:
-            with self._lock:
-                if self._queue:
-                    successor = self._queue[0]
-                    successor.leads = True
-                    successor.woken.set()
-                else:
-                    self._leading = False
-
-    def _flush(self, batch: list[_Pending]) -> None:
-        try:
-            ids = self._insert_retrying([pending.attempt for pending in batch])
+            ids = self._insert_retrying([pending.item for pending in batch])
             # Every failure, this one included, goes to the waiting requests.
             assigned = list(zip(batch, ids, strict=True))
         except (OperationalError, InterfaceError) as exc:
             # The database, not a row: written one by one, each would wait as long again.
             for pending in batch:
-                self._done(pending, error=exc)
+                pending.error = exc
             return
         except Exception as exc:  # noqa: BLE001 - handed to the waiting request, never lost
             if len(batch) > 1:
@@ -127,17 +84,10 @@ class GroupWriter:
                 for pending in batch:
                     self._flush([pending])
                 return
-            self._done(batch[0], error=exc)
+            batch[0].error = exc
             return
         for pending, attempt_id in assigned:
-            pending.attempt.pk = attempt_id
-            self._done(pending)
-
-    @staticmethod
-    def _done(pending: _Pending, error: Exception | None = None) -> None:
-        pending.error = error
-        pending.leads = False
-        pending.woken.set()
+            pending.item.pk = attempt_id
 
     def _insert_retrying(self, attempts: list) -> list[int]:
         if self._connection is None:

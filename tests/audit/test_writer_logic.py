@@ -5,14 +5,15 @@ tests/audit/test_writer.py runs it against PostgreSQL.
 """
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 
 import pytest
 from django.db import IntegrityError, InterfaceError, OperationalError
 
+import batching
 from audit import writer
+from tests.forking import in_forked_child
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Statements:
         self.release = threading.Event()
         self.release.set()
         self.holding = 0
-        self.failures: list[Exception] = []  # raised by the next statements, in order
+        # Raised by the next statements, in order (None: that one succeeds).
+        self.failures: list[BaseException | None] = []
         self.connect_failures: list[Exception] = []  # raised by the next connects, in order
         self.ids_short = 0  # return this many ids fewer than rows (a broken statement)
         self.next_id = 100
@@ -62,8 +64,8 @@ class Statements:
         assert self.release.wait(timeout=30)
         self.batches.append([row.name for row in rows])
         self.threads.append(threading.current_thread().name)
-        if self.failures:
-            failure = self.failures.pop(0)
+        failure = self.failures.pop(0) if self.failures else None
+        if failure is not None:
             connection.usable = not getattr(failure, "connection_lost", False)
             raise failure
         if any(row.name.startswith("bad") for row in rows):
@@ -94,7 +96,7 @@ def write_in_threads(group, names: list[str]) -> tuple[list[threading.Thread], d
         try:
             group.write(row)
             written[name] = row.pk
-        except Exception as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
             failed[name] = exc
 
     threads = [threading.Thread(target=run, args=(name,), name=name) for name in names]
@@ -299,6 +301,36 @@ def test_one_row_queued_behind_a_statement_is_written_next_by_its_own_request(gr
     )
 
 
+class Interrupted(BaseException):
+    """Stands for what stops a thread or greenlet mid-statement (gevent's GreenletExit, say)."""
+
+
+def test_an_interrupted_statement_fails_its_rows_never_answers_them_as_written(group, statements):
+    statements.failures = [None, Interrupted()]  # the statement of the rows queued behind
+    statements.release.clear()
+    threads, written, _ = write_in_threads(group, ["first"])
+    while statements.holding < 1:
+        threading.Event().wait(0.005)
+    behind, written_behind, outcomes = write_in_threads(group, ["b", "c"])
+    while len(group._queue) < 2:
+        threading.Event().wait(0.005)
+    statements.release.set()
+    for thread in threads + behind:
+        thread.join(timeout=30)
+
+    assert written == {"first": 100} and written_behind == {}
+    assert statements.batches == [["first"], ["b", "c"]]
+    # The row that led the statement sees the interruption itself; the other, an error.
+    assert sorted(type(outcome).__name__ for outcome in outcomes.values()) == [
+        "Interrupted",
+        "RuntimeError",
+    ]
+    # The writer is free again for the next row.
+    row = Row("after")
+    group.write(row)
+    assert row.pk == 101
+
+
 class DeadlineEvent(threading.Event):
     """A wait that ends at its deadline in the very moment the leader wakes the row: it lets the
     statement ahead return, waits until the leader has reached this row, then says the time ran
@@ -328,12 +360,12 @@ def test_a_row_woken_at_its_deadline_is_not_failed(group, statements, monkeypatc
     while len(group._queue) < len(behind) - 1:
         threading.Event().wait(0.005)
 
-    class LatePending(writer._Pending):
+    class LatePending(batching.Pending):
         def __init__(self, attempt, *, leads):
             super().__init__(attempt, leads=leads)
             self.woken = DeadlineEvent(statements.release)
 
-    monkeypatch.setattr(writer, "_Pending", LatePending)
+    monkeypatch.setattr(group, "pending_class", LatePending)
     row = Row("late")
     group.write(row)
     for thread in threads + more:
@@ -360,22 +392,14 @@ def test_a_forked_child_starts_afresh_whatever_its_parent_was_doing(group, state
     threads, written, _ = write_in_threads(group, ["parent-2"])
     while statements.holding < 1:
         threading.Event().wait(0.005)
-    reading, writing = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: only this thread, a copy of everything else
-        try:
-            statements.release.set()
-            row = Row("child")
-            group.write(row)  # leads at once: the parent's leader is not here to wake it
-            report = f"{row.pk} {len(statements.connections)} {statements.connections[0].closed}"
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            report = repr(exc)
-        os.write(writing, report.encode())
-        os._exit(0)
-    os.close(writing)
-    with os.fdopen(reading) as pipe:
-        report = pipe.read()
-    os.waitpid(child, 0)
+
+    def in_child() -> str:
+        statements.release.set()
+        row = Row("child")
+        group.write(row)  # leads at once: the parent's leader is not here to wake it
+        return f"{row.pk} {len(statements.connections)} {statements.connections[0].closed}"
+
+    report = in_forked_child(in_child)
     statements.release.set()
     threads[0].join(timeout=30)
 
