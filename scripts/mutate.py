@@ -41,6 +41,7 @@ MODULES: dict[str, list[str]] = {
     "redaction.py": ["tests/test_redaction.py", "tests/test_redaction_properties.py"],
     "sessions_api/drf.py": ["tests/sessions_api/test_drf.py", "tests/sessions_api/test_csrf.py"],
     "sessions_api/throttle.py": ["tests/sessions_api/test_throttle.py", "tests/test_metrics.py"],
+    "broker/redis_batch.py": ["tests/test_redis_batch.py"],
     "sessions_api/breaker.py": ["tests/sessions_api/test_breaker.py"],
     "audit/alerting/rules.py": [
         "tests/audit/test_alerting.py",

@@ -30,6 +30,7 @@ from django.utils.crypto import salted_hmac
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
 from broker import metrics
+from broker.redis_batch import BatchedScript
 from broker.redis_breaker import redis_breaker
 from sessions_api import errors
 from sessions_api.identity import anon_identity_of
@@ -157,22 +158,23 @@ def count(limits: list[Limit]) -> tuple[int, int]:
         return 0, 0
     keys = [backend.make_and_validate_key(limit.cache_key) for limit in limits]
     arguments = [value for limit in limits for value in (limit.window, limit.limit)]
-    refused, seconds_left = _count_script(backend)(keys=keys, args=arguments)
+    refused, seconds_left = _count_script(backend)(keys, arguments)
     return refused, seconds_left
 
 
-def _count_script(backend: RedisCache):
+def _count_script(backend: RedisCache) -> BatchedScript:
     """The counting script on the backend's redis-py client, made once per client.
 
     get_client() is the backend's hook for reaching Redis, but it builds a new client on every
     call, which costs more CPU than the whole round trip; the client it builds shares the
     backend's connection pool, so keeping it is safe. With broker.cache.SharedRedisCache that
-    pool, and so the script, is one per process. The script is sent by its SHA1 (EVALSHA), and
-    loaded again by redis-py if the server has forgotten it.
+    pool, and so the script, is one per process, and the counts of concurrent requests go to
+    Redis together (broker/redis_batch.py). The script is sent by its SHA1 (EVALSHA), and
+    loaded again if the server has forgotten it.
     """
     shared = vars(backend._cache)
     script = shared.get("_throttle_script")
     if script is None:
         client = backend._cache.get_client(write=True)
-        script = shared["_throttle_script"] = client.register_script(_COUNT_SCRIPT)
+        script = shared["_throttle_script"] = BatchedScript(client, _COUNT_SCRIPT)
     return script
