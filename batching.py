@@ -14,6 +14,13 @@ import threading
 import weakref
 
 
+class Interrupted(RuntimeError):
+    """The batch holding this caller's item stopped part-way (its leader was interrupted)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"the batch was interrupted: {cause!r}")
+
+
 class Pending:
     """One caller's item, and what became of it."""
 
@@ -93,7 +100,7 @@ class Batcher:
             # Handed to every caller of the batch. An interruption (the worker stopping) fails
             # them too, rather than letting them return as if their items were done.
             for pending in batch:
-                pending.error = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+                pending.error = exc if isinstance(exc, Exception) else Interrupted(exc)
             if not isinstance(exc, Exception):
                 raise
         finally:

@@ -42,6 +42,7 @@ MODULES: dict[str, list[str]] = {
     "sessions_api/drf.py": ["tests/sessions_api/test_drf.py", "tests/sessions_api/test_csrf.py"],
     "sessions_api/throttle.py": ["tests/sessions_api/test_throttle.py", "tests/test_metrics.py"],
     "broker/redis_batch.py": ["tests/test_redis_batch.py"],
+    "batching.py": ["tests/audit/test_writer_logic.py", "tests/test_redis_batch.py"],
     "sessions_api/breaker.py": ["tests/sessions_api/test_breaker.py"],
     "audit/alerting/rules.py": [
         "tests/audit/test_alerting.py",

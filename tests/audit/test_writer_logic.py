@@ -301,12 +301,12 @@ def test_one_row_queued_behind_a_statement_is_written_next_by_its_own_request(gr
     )
 
 
-class Interrupted(BaseException):
+class Stopped(BaseException):
     """Stands for what stops a thread or greenlet mid-statement (gevent's GreenletExit, say)."""
 
 
 def test_an_interrupted_statement_fails_its_rows_never_answers_them_as_written(group, statements):
-    statements.failures = [None, Interrupted()]  # the statement of the rows queued behind
+    statements.failures = [None, Stopped()]  # the statement of the rows queued behind
     statements.release.clear()
     threads, written, _ = write_in_threads(group, ["first"])
     while statements.holding < 1:
@@ -321,9 +321,9 @@ def test_an_interrupted_statement_fails_its_rows_never_answers_them_as_written(g
     assert written == {"first": 100} and written_behind == {}
     assert statements.batches == [["first"], ["b", "c"]]
     # The row that led the statement sees the interruption itself; the other, an error.
-    assert sorted(type(outcome).__name__ for outcome in outcomes.values()) == [
-        "Interrupted",
-        "RuntimeError",
+    assert sorted(repr(outcome) for outcome in outcomes.values()) == [
+        "Interrupted('the batch was interrupted: Stopped()')",
+        "Stopped()",
     ]
     # The writer is free again for the next row.
     row = Row("after")
