@@ -137,14 +137,19 @@ def raw_server():
 
 @pytest.fixture
 def keepalive_server():
-    """An HTTP/1.1 server that keeps connections open (werkzeug's always closes them)."""
+    """An HTTP/1.1 server that keeps connections open (werkzeug's always closes them): its URL
+    and the client port of each request. A test may put a barrier in `calls_at_once`, which
+    every request waits at before it is answered."""
     client_ports: list[int] = []
+    calls_at_once: list[threading.Barrier] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             client_ports.append(self.client_address[1])
+            for barrier in calls_at_once:
+                barrier.wait()
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             body = json.dumps(OK_BODY).encode()
             self.send_response(200)
@@ -159,7 +164,7 @@ def keepalive_server():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", client_ports
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", client_ports, calls_at_once
     server.shutdown()
     server.server_close()
 
@@ -1388,7 +1393,7 @@ def test_each_call_in_flight_has_a_session_of_its_own(make_client):
 
 
 def test_a_thread_reuses_its_connection(keepalive_server, make_client):
-    url, client_ports = keepalive_server
+    url, client_ports, _ = keepalive_server
     client = make_client(url)
 
     for _ in range(3):
@@ -1399,7 +1404,7 @@ def test_a_thread_reuses_its_connection(keepalive_server, make_client):
 
 
 def test_threads_share_the_kept_alive_connections(keepalive_server, make_client):
-    url, client_ports = keepalive_server
+    url, client_ports, _ = keepalive_server
     client = make_client(url)
 
     for name in ("a", "b", "c"):  # one after another, each from a thread of its own
@@ -1414,7 +1419,7 @@ def test_threads_share_the_kept_alive_connections(keepalive_server, make_client)
 
 
 def test_sessions_share_the_kept_alive_connections(keepalive_server, make_client):
-    url, client_ports = keepalive_server
+    url, client_ports, _ = keepalive_server
     client = make_client(url)
 
     client.create_session(workflow_id="wf_abc", user="a")
@@ -1424,6 +1429,37 @@ def test_sessions_share_the_kept_alive_connections(keepalive_server, make_client
     assert len(client._sessions) == 2
     assert len(client_ports) == 2
     assert len(set(client_ports)) == 1  # one pool behind both sessions
+
+
+@pytest.mark.parametrize(("pool_maxsize", "opened_again"), [(2, 1), (3, 0)])
+def test_the_pool_keeps_as_many_connections_as_its_size(
+    keepalive_server, make_client, pool_maxsize, opened_again
+):
+    # Three calls at once, twice: the pool keeps at most pool_maxsize of the first three
+    # connections, so the second three open one anew when it keeps two.
+    url, client_ports, calls_at_once = keepalive_server
+    calls_at_once.append(threading.Barrier(3, timeout=10))
+    client = make_client(url, pool_maxsize=pool_maxsize)
+
+    def three_at_once() -> set[int]:
+        start = len(client_ports)
+        threads = [
+            threading.Thread(
+                target=client.create_session, kwargs={"workflow_id": "wf_abc", "user": name}
+            )
+            for name in ("a", "b", "c")
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        return set(client_ports[start:])
+
+    first = three_at_once()
+    second = three_at_once()
+
+    assert len(first) == len(second) == 3
+    assert len(second - first) == opened_again
 
 
 def test_a_session_borrowed_before_any_close_is_not_kept(base_url, make_client):
@@ -1436,7 +1472,7 @@ def test_a_session_borrowed_before_any_close_is_not_kept(base_url, make_client):
 
 
 def test_close_closes_sessions_and_the_client_still_works(keepalive_server, make_client):
-    url, _ = keepalive_server
+    url, _, _ = keepalive_server
     client = make_client(url)
     with client._session() as before:
         pass
@@ -1468,7 +1504,7 @@ def test_client_imports_without_django():
 
 
 def test_close_can_be_called_again_and_again(keepalive_server, make_client):
-    url, _ = keepalive_server
+    url, _, _ = keepalive_server
     client = make_client(url)
     seen = []
 
