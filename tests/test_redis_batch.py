@@ -53,6 +53,14 @@ def client():
     return caches["default"]._cache.get_client(write=True)
 
 
+@pytest.fixture
+def held(client) -> tuple[Trips, BatchedScript]:
+    """The echo script, known to the server, on a client whose first trip is held."""
+    client.script_load(ECHO)
+    trips = Trips(client, hold_first=True)
+    return trips, BatchedScript(trips, ECHO)
+
+
 def keys(tag: str) -> list[str]:
     return [f"batch-{tag}", f"batch-counter-{tag}-{RUN}"]
 
@@ -108,10 +116,8 @@ def test_a_lone_call_is_one_trip_of_one(client):
     assert not script._leading
 
 
-def test_calls_that_arrive_during_a_trip_share_the_next_one(client):
-    client.script_load(ECHO)
-    trips = Trips(client, hold_first=True)
-    script = BatchedScript(trips, ECHO)
+def test_calls_that_arrive_during_a_trip_share_the_next_one(held):
+    trips, script = held
 
     answers = held_until_queued(script, trips, ["b", "c", "d"])
 
@@ -122,11 +128,9 @@ def test_calls_that_arrive_during_a_trip_share_the_next_one(client):
     assert not script._leading and script._queue == []
 
 
-def test_a_burst_larger_than_a_batch_goes_in_several(client, monkeypatch):
-    client.script_load(ECHO)
+def test_a_burst_larger_than_a_batch_goes_in_several(held, monkeypatch):
+    trips, script = held
     monkeypatch.setattr(redis_batch, "MAX_BATCH", 2)
-    trips = Trips(client, hold_first=True)
-    script = BatchedScript(trips, ECHO)
 
     answers = held_until_queued(script, trips, ["b", "c", "d", "e", "f"])
 
@@ -136,11 +140,9 @@ def test_a_burst_larger_than_a_batch_goes_in_several(client, monkeypatch):
     }
 
 
-def test_one_call_failing_in_redis_fails_only_that_call(client):
-    client.script_load(ECHO)
+def test_one_call_failing_in_redis_fails_only_that_call(client, held):
+    trips, script = held
     client.set(keys("bad")[1], "not a number")
-    trips = Trips(client, hold_first=True)
-    script = BatchedScript(trips, ECHO)
 
     answers = held_until_queued(script, trips, ["b", "bad", "c"])
 
@@ -172,11 +174,9 @@ def test_redis_down_fails_every_call_of_the_trip(unreachable_cache):
     assert not script._leading and script._queue == []
 
 
-def test_a_queued_call_gives_up_and_is_never_sent(client, monkeypatch):
-    client.script_load(ECHO)
+def test_a_queued_call_gives_up_and_is_never_sent(held, monkeypatch):
+    trips, script = held
     monkeypatch.setattr(redis_batch, "WAIT_SECONDS", 0.2)
-    trips = Trips(client, hold_first=True)
-    script = BatchedScript(trips, ECHO)
     answers: dict[str, object] = {}
     first = in_threads(script, ["first"], answers)
     assert trips.entered.wait(30)
@@ -191,10 +191,8 @@ def test_a_queued_call_gives_up_and_is_never_sent(client, monkeypatch):
     assert echoed(answers) == {"first": [b"batch-first", b"first"]}
 
 
-def test_a_forked_child_starts_afresh_whatever_its_parent_was_doing(client):
-    client.script_load(ECHO)
-    trips = Trips(client, hold_first=True)
-    script = BatchedScript(trips, ECHO)
+def test_a_forked_child_starts_afresh_whatever_its_parent_was_doing(held):
+    trips, script = held
     first = in_threads(script, ["parent"], {})
     assert trips.entered.wait(30)  # the parent leads a trip, on another thread, when it forks
 
