@@ -59,7 +59,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First: a request's log lines must never carry the id of the one its thread served before.
+    # Outermost, so that it runs after every other one is done with the request.
+    "broker.middleware.ReleaseRequestMiddleware",
+    # First to act: a request's log lines must never carry the id of the one its thread
+    # served before.
     "broker.middleware.LogContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before anything that answers on its own (WhiteNoise, CommonMiddleware), so that those

@@ -36,6 +36,14 @@ class LightSerializer(serializers.Serializer):
     def get_fields(self):
         return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 
+    def is_valid(self, *, raise_exception=False):
+        try:
+            return super().is_valid(raise_exception=raise_exception)
+        finally:
+            # Each bound field points back at its serializer: dropping them once validated
+            # frees the serializer when the request ends (ReleaseRequestMiddleware says why).
+            self.__dict__.pop("fields", None)
+
 
 class StrictCharField(serializers.CharField):
     """A CharField that refuses numbers and booleans instead of quietly turning them into text."""

@@ -297,7 +297,12 @@ class ChatKitClient:
                 f"retrying in {wait:.2f}s" if retry else "giving up",
             )
             if not retry:
-                raise error
+                try:
+                    raise error
+                finally:
+                    # The traceback holds this frame, which would hold the error: a cycle that
+                    # keeps the failed request's objects for the collector.
+                    del error
             self._sleep(wait)
 
     def _http_retry_wait(self, error: UpstreamError, attempt: int) -> float | None:
