@@ -10,6 +10,11 @@ server's environment, e.g. WEB_CONCURRENCY=2 GUNICORN_THREADS=128 to try another
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
         .venv/bin/python bench/cpu_split.py ours --latency-ms 0 --connections 64 [KEY=VALUE ...]
 
+With --gc, the server's processes also record each pass of Python's cycle collector
+(bench/gc_probe): how many per generation in the timed run, their CPU, the longest, and how
+many objects they freed, per request. A long pass of the oldest generation pauses every request
+its worker holds.
+
 Run it for naive and ours in turn, more than once: these machines are noisy.
 """
 
@@ -17,6 +22,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from alert_latency import free_port, recreate_database, wait_until_up
@@ -63,12 +69,28 @@ def reading(roots: list[int]) -> list[int]:
     return totals
 
 
+def gc_passes(folder: Path, start: float, end: float) -> dict[int, list[float]]:
+    """Per generation: passes, CPU seconds, longest pass, objects freed, within [start, end]."""
+    totals = {generation: [0, 0.0, 0.0, 0] for generation in range(3)}
+    for path in folder.glob("*.gc"):
+        for line in path.read_text().splitlines():
+            at, generation, cpu, collected = line.split()
+            if start <= float(at) <= end:
+                total = totals[int(generation)]
+                total[0] += 1
+                total[1] += float(cpu)
+                total[2] = max(total[2], float(cpu))
+                total[3] += int(collected)
+    return totals
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variant", choices=sorted(PATHS))
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--gc", action="store_true", help="record the cycle collector's passes")
     parser.add_argument("env", nargs="*", help="KEY=VALUE added to the server's environment")
     options = parser.parse_intermixed_args()  # KEY=VALUE may follow the options
     extra = dict(item.split("=", 1) for item in options.env)
@@ -85,18 +107,23 @@ def main() -> int:
         port = free_port()
         env = server_env(options.variant, port, upstream_url, database, redis_url, scratch)
         command, cwd = server_command(options.variant, port)
+        if options.gc:
+            (scratch / "gc").mkdir()
+            probe = str(Path(__file__).resolve().parent / "gc_probe")
+            extra = {"PYTHONPATH": probe, "GC_PROBE_DIR": str(scratch / "gc"), **extra}
         server = start(command, cwd=cwd, env={**env, **extra}, log=scratch / "server.log")
         try:
             url = f"http://127.0.0.1:{port}{PATHS[options.variant]}"
             wait_until_up(url)
             wrk(url, options.connections, 5, WRK_TIMEOUT)  # warm-up
             services = service_roots(process_table())
-            before = reading([server.pid]), reading(services)
+            before, started = (reading([server.pid]), reading(services)), time.monotonic()
             load = parse_wrk(wrk(url, options.connections, options.seconds, WRK_TIMEOUT))
-            after = reading([server.pid]), reading(services)
+            after, ended = (reading([server.pid]), reading(services)), time.monotonic()
         finally:
             stop(server)
             stop(upstream)
+        passes = gc_passes(scratch / "gc", started, ended) if options.gc else None
     n = max(load["requests"], 1)
     (user, kernel, voluntary, involuntary), (s_user, s_kernel, s_vol, s_invol) = (
         [(a - b) for a, b in zip(later, earlier, strict=True)]
@@ -111,6 +138,15 @@ def main() -> int:
         f"  PostgreSQL + Redis: user {s_user * TICK_MS / n:.2f} + sys "
         f"{s_kernel * TICK_MS / n:.2f} ms/req; switches {s_vol / n:.1f} + {s_invol / n:.1f}"
     )
+    if passes is not None:
+        print(
+            "  cycle collector: "
+            + "; ".join(
+                f"generation {generation} {count} passes, {cpu * 1000 / n:.3f} ms/req, "
+                f"longest {longest * 1000:.1f} ms, {freed / n:.1f} objects freed/req"
+                for generation, (count, cpu, longest, freed) in passes.items()
+            )
+        )
     return 0
 
 
