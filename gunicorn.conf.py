@@ -99,11 +99,17 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    # Move what a worker loaded at start-up (Django, the apps, the URLconf: some 115,000
-    # objects) out of the cycle collector's sight. Its full collections scanned them all for
-    # 60-180 ms of CPU, a pause for every request the worker held, whenever enough objects of
-    # requests in flight had aged into its oldest generation (docs/benchmarks.md). Loaded and
-    # then collected first: garbage frozen would never be freed.
+    # Python's cycle collector, tuned for a worker whose requests leave no cycles behind
+    # (broker/middleware.py, ReleaseRequestMiddleware). Figures from `bench/cpu_split.py --gc`
+    # (docs/benchmarks.md):
+    # - What the worker loaded at start-up (Django, the apps, the URLconf: some 115,000
+    #   objects) is frozen, out of the collector's sight. Its full passes scanned them all, for
+    #   60-290 ms of CPU, with every request the worker held paused. Collected first: garbage
+    #   frozen would never be freed.
+    # - A young pass every 10,000 new objects instead of 700. The objects of requests in flight
+    #   come and go by the thousand, so at 700 the passes came 140 times in 15 s at 300 ms x 256
+    #   (0.13 ms a request, up to 15 ms each), to find nothing. What cycles remain (admin pages,
+    #   some errors) are found a little later.
     import gc
 
     from django.urls import get_resolver
@@ -111,6 +117,7 @@ def post_worker_init(worker):
     get_resolver().url_patterns  # noqa: B018 (imports the URLconf, else the first request does)
     gc.collect()
     gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
 def child_exit(server, worker):

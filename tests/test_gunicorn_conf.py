@@ -27,6 +27,7 @@ print(json.dumps({
     "loaded": loaded,
     "left": len(gc.get_objects()),
     "garbage frozen": garbage_left() is not None,
+    "thresholds": gc.get_threshold(),
 }))
 """
 
@@ -49,3 +50,5 @@ def test_a_worker_freezes_what_it_loaded_urlconf_included(tmp_path):
     assert state["left"] < 100
     # Collected before: garbage frozen would never be freed.
     assert state["garbage frozen"] is False
+    # Young passes every 10,000 new objects rather than Python's 700; the older ones as before.
+    assert state["thresholds"] == [10_000, 10, 10]
