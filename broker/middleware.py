@@ -40,7 +40,7 @@ class ReleaseRequestMiddleware:
     one another. A request's whole graph, some 90 objects, used to wait for Python's cycle
     collector. At a 300 ms upstream each request outlives two young collections, so its graph
     reached the oldest generation, whose collections paused the worker, with every request it
-    held, for 100–180 ms of CPU (docs/benchmarks.md). Outermost, so that every other
+    held, for 100–290 ms of CPU (docs/benchmarks.md). Outermost, so that every other
     middleware is done with the request. A streaming response may still read its request while
     it streams, so its cycles are left to the collector.
     """
