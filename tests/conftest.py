@@ -11,6 +11,8 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from django.core.cache import cache
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from rest_framework.test import APIClient
 
 from audit.alerting.coalesce import EVALUATION_PENDING_KEY
@@ -96,6 +98,17 @@ def upstream(emulator, settings):
     canaries.MINTED_SECRETS.update(
         session["client_secret"] for session in emulator.state.sessions.values()
     )
+
+
+@pytest.fixture
+def in_test_transaction():
+    """Requests served by the real WSGI handler inside the test's transaction: as Django's test
+    client does, the handler must not close the test's database connection after each one."""
+    for signal in (request_started, request_finished):
+        signal.disconnect(close_old_connections)
+    yield
+    for signal in (request_started, request_finished):
+        signal.connect(close_old_connections)
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ import secrets
 
 import pytest
 from django.contrib.messages.storage.base import BaseStorage
-from django.core import signals
 from django.core.handlers.wsgi import WSGIHandler
-from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.test import RequestFactory
 from rest_framework.fields import Field
@@ -26,7 +24,8 @@ from rest_framework.views import APIView
 from broker.middleware import ReleaseRequestMiddleware
 from sessions_api.services import SessionRequest
 
-pytestmark = pytest.mark.django_db
+# in_test_transaction: the handler must not close the test's database connection.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("in_test_transaction")]
 
 URL = "/api/chatkit/session/"
 # What a request builds and nothing else holds once it has ended.
@@ -42,24 +41,15 @@ PER_REQUEST = (
 )
 
 
-def serve(handler: WSGIHandler, request: HttpRequest) -> tuple[str, bytes]:
-    """Serve a request built by RequestFactory, as a WSGI server does; its status and body.
-
-    As Django's test client does, the test's database connection stays open across it.
-    """
+def serve(handler: WSGIHandler, request: HttpRequest) -> str:
+    """Serve a request built by RequestFactory, as a WSGI server does; its status."""
     statuses = []
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
+    response = handler(request.environ, lambda status, _: statuses.append(status))
     try:
-        response = handler(request.environ, lambda status, _: statuses.append(status))
-        try:
-            body = b"".join(response)
-        finally:
-            response.close()
+        b"".join(response)
     finally:
-        signals.request_started.connect(close_old_connections)
-        signals.request_finished.connect(close_old_connections)
-    return statuses[0], body
+        response.close()
+    return statuses[0]
 
 
 def left_to_the_collector(make) -> tuple[str, list[str]]:
@@ -71,7 +61,7 @@ def left_to_the_collector(make) -> tuple[str, list[str]]:
     gc.collect()
     gc.disable()
     try:
-        status, _ = serve(handler, request)
+        status = serve(handler, request)
         del request
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()

@@ -14,9 +14,7 @@ import json
 
 import pytest
 import schemathesis
-from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
 from django.middleware.csrf import CSRF_SECRET_LENGTH
 from django.test import Client
 from django.utils.crypto import get_random_string
@@ -53,17 +51,6 @@ RETRY_AFTER_SENT = {
 schema = schemathesis.openapi.from_wsgi(
     "/api/schema/?format=json", get_wsgi_application(), config=CONFIG
 )
-
-
-@pytest.fixture
-def in_test_transaction():
-    """Requests served by the real WSGI handler inside the test's transaction: as Django's test
-    client does, the handler must not close the test's database connection after each one."""
-    for signal in (request_started, request_finished):
-        signal.disconnect(close_old_connections)
-    yield
-    for signal in (request_started, request_finished):
-        signal.connect(close_old_connections)
 
 
 @pytest.fixture
