@@ -11,8 +11,9 @@ latency), under the same load (Debian's wrk with bench/post.lua):
   ours-throttled  the same with the throttle on at a rate that refuses nothing
                   (1000000/min); only with --variants.
 
-For each point (upstream latency × connections) every variant runs --repeats times, the
-variants alternating (ABBA order across repeats, because the machine is noisy). Each run is a
+Each of --repeats repeats runs every variant at every point (upstream latency × connections),
+the variants alternating (ABBA order across repeats, because the machine is noisy); a ratio
+between two points is taken within a repeat too. Each run is a
 warm-up, then a timed wrk run. Reported per point: requests/s, p50 and p99 latency, errors
 (non-2xx answers plus socket errors), and the CPU time per request of the server's process tree
 plus PostgreSQL and Redis, read from /proc before and after the timed run: wrk and the upstream
@@ -489,7 +490,41 @@ def report(results: dict, points: list[tuple[int, int]], variants: list[str]) ->
                 f"| {ratio('p99_ms')} | {ratio('cpu_ms_per_request')} "
                 f"| {paired('rate')} | {paired('cpu_ms_per_request')} |"
             )
+    lines += against_own_zero_ms(results, points, variants)
     return "\n".join(lines)
+
+
+def against_own_zero_ms(results: dict, points: list, variants: list[str]) -> list[str]:
+    """Each slow-upstream point's requests/s against what it could be (issue 7's target): the
+    lesser of connections ÷ latency and the variant's own figure at the first 0 ms point, in
+    the same repeat."""
+    zero = next((point for point in points if point[0] == 0), None)
+    slow = [point for point in points if point[0] > 0]
+    if zero is None or not slow:
+        return []
+    lines = [
+        "",
+        f"Requests/s against min(connections ÷ latency, its own at 0 ms × {zero[1]}),"
+        " repeat by repeat, median (min–max):",
+        "",
+        "| upstream | conns | variant | share of that |",
+        "|---:|---:|---|---:|",
+    ]
+    for latency, connections in slow:
+        ceiling = connections / (latency / 1000)
+        for variant in variants:
+            runs = zip(
+                results[(variant, latency, connections)],
+                results[(variant, *zero)],
+                strict=True,
+            )
+            shares = [run.rate / min(ceiling, base.rate) for run, base in runs if base.rate]
+            lines.append(
+                f"| {latency} ms | {connections} | {variant} | "
+                + (f"{spread([share * 100 for share in shares], 0)} %" if shares else "–")
+                + " |"
+            )
+    return lines
 
 
 def machine_facts() -> str:
@@ -579,14 +614,21 @@ def main() -> int:
         if options.audit_rows:
             conditions.append(load_audit_rows(urls["database"], options.audit_rows))
             print(conditions[-1])
-        for latency in sorted({latency for latency, _ in points}):
-            connections_list = [c for lat, c in points if lat == latency]
-            upstream, upstream_url = start_emulator(migrate_env, scratch, latency, tls_options)
-            try:
-                for repeat in range(options.repeats):
-                    # ABBA: the variant that goes first alternates, so a drift in the
-                    # machine's load does not always favour the same one.
-                    order = variants if repeat % 2 == 0 else variants[::-1]
+        latencies = sorted({latency for latency, _ in points})
+        upstreams = {}  # one emulator per latency, for the whole run
+        try:
+            for latency in latencies:
+                upstreams[latency] = start_emulator(migrate_env, scratch, latency, tls_options)
+            # Each repeat visits every point, so that a ratio between two points (300 ms × 256
+            # against our 0 ms figure) can be taken within one repeat, minutes apart rather
+            # than the length of the run: these machines drift by a fifth within the hour.
+            for repeat in range(options.repeats):
+                # ABBA: the variant that goes first alternates, so a drift in the machine's
+                # load does not always favour the same one.
+                order = variants if repeat % 2 == 0 else variants[::-1]
+                for latency in latencies:
+                    connections_list = [c for lat, c in points if lat == latency]
+                    upstream, upstream_url = upstreams[latency]
                     print(f"upstream {latency} ms, repeat {repeat + 1}/{options.repeats}")
                     for variant in order:
                         runs = measure_server(
@@ -595,7 +637,8 @@ def main() -> int:
                         )  # fmt: skip
                         for connections, run in runs.items():
                             results.setdefault((variant, latency, connections), []).append(run)
-            finally:
+        finally:
+            for upstream, _ in upstreams.values():
                 stop(upstream)
         finished = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"\nFinished {finished}; {options.repeats} runs of {options.duration} s per cell, "
