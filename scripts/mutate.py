@@ -67,6 +67,7 @@ MODULES: dict[str, list[str]] = {
         "tests/audit/test_admin.py",
         "tests/test_logs.py",
         "tests/test_release_request.py",
+        "tests/test_messages.py",
     ],
     "audit/retention.py": ["tests/audit/test_retention.py"],
     "audit/reports.py": [
