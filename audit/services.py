@@ -184,7 +184,7 @@ def request_id_new() -> str:
 def _cleaned(text: str | None) -> str:
     if not text:  # a success has no error text: no need to run the patterns over ""
         return ""
-    return clean_text(text or "", limit=ERROR_MESSAGE_LIMIT, secrets=[settings.OPENAI_API_KEY])
+    return clean_text(text, limit=ERROR_MESSAGE_LIMIT, secrets=[settings.OPENAI_API_KEY])
 
 
 def _refuse_outer_transaction() -> None:

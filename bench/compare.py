@@ -13,12 +13,12 @@ latency), under the same load (Debian's wrk with bench/post.lua):
 
 Each of --repeats repeats runs every variant at every point (upstream latency × connections),
 the variants alternating (ABBA order across repeats, because the machine is noisy); a ratio
-between two points is taken within a repeat too. Each run is a
-warm-up, then a timed wrk run. Reported per point: requests/s, p50 and p99 latency, errors
-(non-2xx answers plus socket errors), and the CPU time per request of the server's process tree
-plus PostgreSQL and Redis, read from /proc before and after the timed run: wrk and the upstream
-are excluded (the upstream's own CPU is shown apart, to tell whether it was the limit). Also
-reported: the largest peak RSS (VmHWM) of the server's processes, read after each run.
+between two points is taken within a repeat too. Each run is a warm-up, then a timed wrk run.
+Reported per point: requests/s, p50 and p99 latency, errors (non-2xx answers plus socket
+errors), and the CPU time per request of the server's process tree plus PostgreSQL and Redis,
+read from /proc before and after the timed run: wrk and the upstream are excluded (the
+upstream's own CPU is shown apart, to tell whether it was the limit). Also reported: the
+largest peak RSS (VmHWM) of the server's processes, read after each run.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/3 \\
         .venv/bin/python bench/compare.py [--repeats 3] [--duration 20] [--points 0x64,300x256]

@@ -73,7 +73,8 @@ class ReleaseRequestMiddleware:
         response = self.get_response(request)
         if response.streaming:
             return response
-        # MessageMiddleware's storage and AuthenticationMiddleware's auser hold the request.
+        # The message storage (LazyMessageMiddleware's, built or not) and
+        # AuthenticationMiddleware's auser hold the request.
         request.__dict__.pop("_messages", None)
         request.__dict__.pop("auser", None)
         # DRF: the response's context holds the view, which holds the response; the request's
