@@ -18,6 +18,7 @@ minutes.
 """
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from django.db import connection, transaction
@@ -68,6 +69,11 @@ _RECOMPUTE_POSTGRESQL = """
     ON CONFLICT (minute, workflow_id, outcome, status_code, error_code)
     DO UPDATE SET attempts = EXCLUDED.attempts, users = EXCLUDED.users
 """
+
+# A recompute of at least this many minutes is split in two halves, run at once on two
+# connections: PostgreSQL runs an INSERT … SELECT on one core, and a large recompute is most of
+# a full run (docs/benchmarks.md). Fewer minutes are not worth a second connection.
+SPLIT_MINUTES = 120
 
 # SQLite stores datetimes as 'YYYY-MM-DD HH:MM:SS[.ffffff]' UTC text, which sorts like time; a
 # minute start written as 'YYYY-MM-DD HH:MM:00' is exactly what the ORM writes and looks up for
@@ -148,10 +154,35 @@ def _pending_claim(cursor, batch_minutes: int) -> dict:
 def _minutes_recompute(cursor, minutes: list) -> None:
     """Recompute the given minutes from the audit table and upsert them."""
     # Not mutated: mutation runs use SQLite; CI runs these tests on PostgreSQL.
-    if connection.vendor == "postgresql":  # pragma: no mutate block
-        cursor.execute(_RECOMPUTE_POSTGRESQL, [minutes])
-    else:
+    if connection.vendor != "postgresql":  # pragma: no mutate block
         cursor.execute(_RECOMPUTE_SQLITE, [json.dumps(minutes)])
+        return
+    # The other connection sees only what is committed: not when the caller's own transaction
+    # (a test's, say) holds rows of its own.
+    if len(minutes) < SPLIT_MINUTES or len(connection.atomic_blocks) > 1:
+        cursor.execute(_RECOMPUTE_POSTGRESQL, [minutes])
+        return
+    minutes = sorted(minutes)
+    half = len(minutes) // 2
+    # The later half commits on its own connection before this transaction commits its claim
+    # of both: a failure of either raises here, the claim rolls back, and the minutes are
+    # recomputed on the next run (recomputing twice changes nothing). The aggregation lock is
+    # held throughout, so no other run or prune touches these minutes meanwhile.
+    with ThreadPoolExecutor(max_workers=1) as other:
+        later = other.submit(_recompute_on_own_connection, minutes[half:])
+        cursor.execute(_RECOMPUTE_POSTGRESQL, [minutes[:half]])
+        later.result()
+
+
+def _recompute_on_own_connection(minutes: list) -> None:
+    # A thread of its own has a connection of its own. Its commit comes before the claim's in
+    # the WAL, so an unflushed one lost in a crash is lost with the claim (_SETTINGS_POSTGRESQL).
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_SETTINGS_POSTGRESQL)
+            cursor.execute(_RECOMPUTE_POSTGRESQL, [minutes])
+    finally:
+        connection.close()
 
 
 _TRUNCATIONS = {"hour": TruncHour, "day": TruncDay}

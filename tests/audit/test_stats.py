@@ -2,7 +2,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, F, Q
 from django.db.models.functions import Coalesce, TruncMinute
 
@@ -536,3 +536,84 @@ def test_minutes_pending_counts_only_the_marked_minutes_of_the_period():
     assert stats.minutes_pending(since=T0, until=T0 + timedelta(minutes=5)) == 2
     attempt_stats_aggregate()
     assert stats.minutes_pending(since=T0, until=T0 + timedelta(minutes=5)) == 0
+
+
+def _minutes_of_rows(count: int) -> set[datetime]:
+    """A row or two in each of `count` minutes from T0, marked as every audit row is."""
+    for i in range(count):
+        at = T0 + timedelta(minutes=i, seconds=i % 60)
+        record(at, user_ref=f"u{i % 5}")
+        if i % 7 == 0:
+            failure(at, user_ref=f"u{i % 3}")
+    return {T0 + timedelta(minutes=i) for i in range(count)}
+
+
+def _pending() -> set[datetime]:
+    return set(PendingMinute.objects.values_list("minute", flat=True))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_large_recompute_runs_its_later_half_on_a_second_connection(monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: SQLite recomputes in one statement")
+    minutes = _minutes_of_rows(stats.SPLIT_MINUTES + 1)
+    on_its_own = []
+    recompute = stats._recompute_on_own_connection
+
+    def spied(half):
+        on_its_own.append((sorted(half), threading.get_ident()))
+        recompute(half)
+
+    monkeypatch.setattr(stats, "_recompute_on_own_connection", spied)
+
+    assert attempt_stats_aggregate() == len(minutes) + len(range(0, len(minutes), 7))
+
+    [(later_half, thread)] = on_its_own
+    assert thread != threading.get_ident()
+    assert later_half == sorted(minutes)[len(minutes) // 2 :]
+    assert table() == from_scratch()
+    assert not _pending()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_small_recompute_stays_on_one_connection(monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: SQLite recomputes in one statement")
+    _minutes_of_rows(stats.SPLIT_MINUTES - 1)
+    monkeypatch.setattr(stats, "_recompute_on_own_connection", lambda half: pytest.fail("split"))
+
+    attempt_stats_aggregate()
+
+    assert table() == from_scratch()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("committed", [False, True], ids=["before-its-commit", "after-it"])
+def test_a_failed_second_connection_leaves_every_minute_marked(monkeypatch, committed):
+    # Whether the later half failed before committing or the run failed after it had: the
+    # claim rolls back with this half, every minute stays marked, and the next run recomputes
+    # them all to the same figures.
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: SQLite recomputes in one statement")
+    minutes = _minutes_of_rows(stats.SPLIT_MINUTES)
+    recompute = stats._recompute_on_own_connection
+
+    def failing(half):
+        if committed:
+            recompute(half)
+        raise OperationalError("the second connection was lost")
+
+    monkeypatch.setattr(stats, "_recompute_on_own_connection", failing)
+    with pytest.raises(OperationalError):
+        attempt_stats_aggregate()
+
+    assert _pending() == minutes
+    later_half = set(sorted(minutes)[len(minutes) // 2 :])
+    assert {row[0] for row in table()} == (later_half if committed else set())
+    monkeypatch.undo()
+    attempt_stats_aggregate()
+    assert table() == from_scratch()
+    assert not _pending()
