@@ -27,6 +27,15 @@ def test_error_message_is_one_line_truncated_and_redacted(settings):
     assert attempt.error_message.startswith("line one  line two with [REDACTED]")
 
 
+def test_a_success_keeps_its_text_columns_empty():
+    # The common row: no upstream error, and no upstream request id for a refusal.
+    attempt = record(outcome="success", status_code=200, error_type=None, upstream_request_id=None)
+
+    attempt.refresh_from_db()
+    text = ("error_type", "error_code", "error_param", "error_message", "upstream_request_id")
+    assert {column: getattr(attempt, column) for column in text} == dict.fromkeys(text, "")
+
+
 def test_client_ip_is_kept_only_when_enabled(settings):
     settings.CHATKIT_AUDIT_CLIENT_IP = False
     assert record(client_ip="203.0.113.9").client_ip is None
