@@ -7,7 +7,8 @@ import json
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 from emulator.faults import _normalise_fault
 
@@ -97,11 +98,12 @@ class EmulatorState:
         return session
 
     @property
-    def sessions(self) -> dict[str, dict]:
-        """A snapshot of the stored sessions by id, oldest first, as stored (for tests)."""
+    def sessions(self) -> Mapping[str, dict]:
+        """A read-only snapshot of the stored sessions by id, oldest first, as stored (for
+        tests); read-only, so that changing it cannot look as if it changed what is stored."""
         with self._lock:
             stored = list(self._sessions.items())
-        return {session_id: json.loads(body) for session_id, body in stored}
+        return MappingProxyType({session_id: json.loads(body) for session_id, body in stored})
 
     def stats(self) -> dict:
         with self._lock:

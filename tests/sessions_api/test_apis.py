@@ -388,7 +388,7 @@ def test_a_session_that_cannot_be_cancelled_either_is_logged(
 
     def refuse(attempt):
         minted.extend(upstream.state.sessions)
-        upstream.state.sessions.clear()
+        upstream.state.reset()
         raise OperationalError("connection to server lost")
 
     monkeypatch.setattr(audit_services, "_attempt_insert", refuse)

@@ -1729,3 +1729,68 @@ def test_without_a_bundle_in_the_environment_certifis_is_trusted(make_client, mo
     loaded = client._adapter._ssl_context.cert_store_stats()["x509_ca"]
     reference = ssl.create_default_context(cafile=requests.certs.where())
     assert loaded == reference.cert_store_stats()["x509_ca"] > 100
+
+
+@pytest.mark.parametrize(
+    "after_answer",
+    [b"", b"HTTP/1.1 200 OK\r\n"],
+    ids=["server-closed-it", "unasked-bytes-on-it"],
+)
+def test_a_kept_alive_connection_the_server_is_done_with_is_not_reused(
+    raw_server, make_client, after_answer
+):
+    # The server answers keep-alive (no Connection: close), then closes the connection or
+    # writes what nobody asked for: the next call must see it and open another, rather than
+    # send a create on it, fail, and not retry a request that may have been sent.
+    answered, done = threading.Event(), threading.Event()
+
+    @answering
+    def answer_then_end(conn, stop) -> None:
+        body = json.dumps(OK_BODY).encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        answered.wait(5)  # the connection is back in the pool, idle
+        if after_answer:
+            conn.sendall(after_answer)
+        else:
+            conn.close()
+        done.set()
+
+    url, stats = raw_server(answer_then_end)
+    client = make_client(url)
+
+    client.create_session(workflow_id="wf_abc", user="a")
+    answered.set()
+    assert done.wait(5)
+    result = client.create_session(workflow_id="wf_abc", user="b")
+
+    assert result.session_id == OK_BODY["id"]
+    assert stats == {"connections": 2, "requests": 2}
+
+
+def test_a_kept_alive_connection_still_open_is_reused(keepalive_server, make_client):
+    url, client_ports, _ = keepalive_server
+    client = make_client(url)
+    client.create_session(workflow_id="wf_abc", user="a")
+    time.sleep(0.1)  # idle, as a pooled connection is between calls
+
+    client.create_session(workflow_id="wf_abc", user="b")
+
+    assert len(set(client_ports)) == 1
+
+
+def test_the_connection_check_uses_the_os_poll_under_gevent():
+    # gunicorn's gevent worker patches select; the check must still get the OS's poll.
+    code = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import select\n"
+        "from sessions_api.client import _os_poll\n"
+        "assert type(select.poll()).__module__.startswith('gevent'), type(select.poll())\n"
+        "print(type(_os_poll()()).__module__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "select"
