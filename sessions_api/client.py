@@ -447,7 +447,7 @@ class _DropCheck:
     worker before it is even sent, a few milliseconds at 300 ms x 256. The OS's poll answers in
     one system call that never blocks (1.3 µs against 25).
 
-    Measured in alternating pairs (docs/benchmarks.md, 2026-12-07): 6-13 % more sessions per
+    Measured in alternating pairs (docs/benchmarks.md, 2026-12-07): 3-13 % more sessions per
     second at 300 ms x 256, with a p50 18-47 ms lower; 4-9 % fewer at 0 ms x 64, where the
     machine is saturated and the extra turn of the loop evened out the work. Sized for an
     upstream that answers in hundreds of milliseconds, as OpenAI does.
