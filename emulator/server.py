@@ -359,9 +359,9 @@ def run(
     """
     app = build_app(**options)  # bad options fail here, before anything is bound
     ssl_context = _server_ssl_context(tls_cert, tls_key)
-    # What the process has loaded (Django, aiohttp: some 100,000 objects) never becomes garbage;
-    # frozen, it is out of the cycle collector's full passes, which otherwise paused every
-    # answer in flight for 60 ms under load. The gunicorn workers do the same.
+    # What the process has loaded (Django, aiohttp) never becomes garbage. Frozen, it is out of
+    # the cycle collector's full passes, each of which pauses every answer in flight (59 ms
+    # here with it, docs/benchmarks.md). The gunicorn workers do the same.
     gc.collect()
     gc.freeze()
 
