@@ -39,6 +39,7 @@ from sessions_api.client import (
     UpstreamInvalidResponse,
     UpstreamNetworkError,
     UpstreamTimeout,
+    _HTTPConnection,
 )
 
 # Canaries: random per run, so a leak cannot hide behind a value that happens to be filtered.
@@ -1779,6 +1780,8 @@ def test_a_kept_alive_connection_still_open_is_reused(keepalive_server, make_cli
     client.create_session(workflow_id="wf_abc", user="b")
 
     assert len(set(client_ports)) == 1
+    # Checked before reuse with the OS's poll (the next test), not urllib3's own connection's.
+    assert client._adapter.poolmanager.connection_from_url(url).ConnectionCls is _HTTPConnection
 
 
 def test_the_connection_check_does_not_go_round_the_event_loop_under_gevent():
