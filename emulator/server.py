@@ -360,8 +360,9 @@ def run(
     app = build_app(**options)  # bad options fail here, before anything is bound
     ssl_context = _server_ssl_context(tls_cert, tls_key)
     # What the process has loaded (Django, aiohttp) never becomes garbage. Frozen, it is out of
-    # the cycle collector's full passes, each of which pauses every answer in flight (59 ms
-    # here with it, docs/benchmarks.md). The gunicorn workers do the same.
+    # the cycle collector's full passes, each of which pauses every answer in flight: with it
+    # and the sessions kept as bytes, none came under load (docs/benchmarks.md, "Long runs").
+    # The gunicorn workers do the same.
     gc.collect()
     gc.freeze()
 
