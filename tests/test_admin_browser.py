@@ -25,6 +25,14 @@ def browser_page(chromium):
     return chromium.new_page(viewport={"width": 1400, "height": 900})
 
 
+def follow(page, selector: str) -> None:
+    """Click what opens a new page, and wait until it has loaded. A click waits only for the
+    new page to start loading, so a read straight after it can see the page half parsed: an
+    absent element would pass a check for absence, a present one fail (CI saw the second)."""
+    page.click(selector)
+    page.wait_for_load_state()
+
+
 def admin_login(page, live_server) -> list[str]:
     """Logs the admin user in; returns the list that collects Content-Security-Policy
     violations from then on: the admin must work under the policy, nothing of it blocked."""
@@ -33,7 +41,7 @@ def admin_login(page, live_server) -> list[str]:
     page.goto(f"{live_server.url}/admin/login/")
     page.fill("#id_username", "admin")
     page.fill("#id_password", "password")
-    page.click("input[type=submit]")
+    follow(page, "input[type=submit]")
     return blocked
 
 
@@ -64,7 +72,7 @@ def test_operator_reviews_attempts_and_acknowledges_an_alert(
 
     page.goto(f"{live_server.url}/admin/audit/sessionattempt/")
     assert page.locator("#result_list tbody tr").count() == 4
-    page.click("#changelist-filter >> text=401")
+    follow(page, "#changelist-filter >> text=401")
     assert "status_code__exact=401" in page.url
     assert page.locator("#result_list tbody tr").count() == 3
     assert page.locator("#result_list").inner_text().count("upstream_auth_failed") == 3
@@ -73,7 +81,7 @@ def test_operator_reviews_attempts_and_acknowledges_an_alert(
     assert "upstream_auth" in page.locator("#result_list").inner_text()
     page.check("input.action-select")
     page.select_option("select[name=action]", "acknowledge")
-    page.click("button[name=index]")
+    follow(page, "button[name=index]")
     assert "Acknowledged 1 alert(s)." in page.locator("ul.messagelist").inner_text()
 
     incident.refresh_from_db()
@@ -142,7 +150,7 @@ def test_the_dashboard_draws_its_charts(browser_page, live_server, admin_user, i
     if shots:
         page.screenshot(path=f"{shots}/dashboard-dark.png", full_page=True)
 
-    page.click("#ops-alerts + table button[value=acknowledge]")
+    follow(page, "#ops-alerts + table button[value=acknowledge]")
     assert "Acknowledged 1 alert(s)." in page.locator("ul.messagelist").inner_text()
     assert blocked == []
     connection.close()
@@ -154,7 +162,7 @@ def log_in(page, live_server, username: str) -> list[str]:
     page.goto(f"{live_server.url}/admin/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", "a long walk password")
-    page.click("input[type=submit]")
+    follow(page, "input[type=submit]")
     return blocked
 
 
@@ -185,7 +193,7 @@ def test_an_ops_member_walks_from_the_dashboard_to_a_row_acts_and_exports(
 
     # The audit list, filtered to the 401s, and one of them opened.
     page.goto(f"{live_server.url}/admin/audit/sessionattempt/")
-    page.click("#changelist-filter >> text=401")
+    follow(page, "#changelist-filter >> text=401")
     assert page.locator("#result_list tbody tr").count() == 3
     shots = os.environ.get("SCREENSHOT_DIR")
     if shots:
@@ -196,10 +204,10 @@ def test_an_ops_member_walks_from_the_dashboard_to_a_row_acts_and_exports(
         rows = list(csv.DictReader(handle))
     assert [row["status_code"] for row in rows] == ["401", "401", "401"]
 
-    page.click("#result_list tbody tr th a >> nth=0")
+    follow(page, "#result_list tbody tr th a >> nth=0")
     detail = page.locator("#content").inner_text()
     assert "upstream_auth_failed" in detail and "brk_" in detail
-    page.click("#content a[href*='/admin/audit/alert/']")  # the alert it belongs to
+    follow(page, "#content a[href*='/admin/audit/alert/']")  # the alert it belongs to
     assert f"/admin/audit/alert/{incident.pk}/" in page.url
     if shots:
         page.screenshot(path=f"{shots}/alert.png", full_page=True)
@@ -212,7 +220,7 @@ def test_an_ops_member_walks_from_the_dashboard_to_a_row_acts_and_exports(
     ):
         page.check("input.action-select")
         page.select_option("select[name=action]", action)
-        page.click("button[name=index]")
+        follow(page, "button[name=index]")
         assert message in page.locator("ul.messagelist").inner_text()
     incident.refresh_from_db()
     assert incident.acknowledged_by == "oncall"
