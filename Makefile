@@ -34,6 +34,7 @@ bench: $(VENV)/.installed
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/aggregate.py
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/alert_latency.py
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/compare.py
+	$(PY) bench/wrk_ceiling.py
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/load_faults.py --kill-redis-at 0.5
 	$(PY) bench/fault_table.py
 	$(PY) bench/metrics_cost.py

@@ -216,10 +216,10 @@ def cpu_reading(server: int, upstream: int) -> tuple[int, int, int]:
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
-def wrk(url: str, connections: int, seconds: int, timeout: int) -> str:
+def wrk(url: str, connections: int, seconds: int, timeout: int, script: Path = POST_LUA) -> str:
     command = [
         "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
-        "--timeout", f"{timeout}s", "-s", str(POST_LUA), url,
+        "--timeout", f"{timeout}s", "-s", str(script), url,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
