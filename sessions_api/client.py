@@ -1,19 +1,17 @@
 """The upstream over HTTP: OpenAI's ChatKit sessions API, and nothing else.
 
-The only module that imports `requests`; it knows nothing of Django. Every call has a hard
-wall-clock budget (retries, backoff and slow bodies included), retries only where a retry is
-safe and useful, and never lets the API key or a client secret into a message or a log line.
+With sessions_api/transport.py (its adapter and connections), the only module that imports
+`requests`; it knows nothing of Django. Every call has a hard wall-clock budget (retries,
+backoff and slow bodies included), retries only where a retry is safe and useful, and never lets
+the API key or a client secret into a message or a log line.
 """
 
 import contextlib
-import functools
 import json
 import logging
 import math
 import os
 import random
-import select
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,14 +22,11 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
-from urllib3.util.ssl_ import create_urllib3_context
 
 from redaction import clean_text
+from sessions_api.transport import SharedTLSAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +162,7 @@ class ChatKitClient:
         self._lock = threading.Lock()
         self._sessions: list[requests.Session] = []  # all of them, for close()
         self._idle: list[requests.Session] = []
-        self._adapter: _SharedTLSAdapter | None = None
+        self._adapter: SharedTLSAdapter | None = None
         self._generation = 0  # bumped by close(), so a session borrowed before is not kept
         # What requests looks up in the environment on every call, looked up once, as requests
         # does it: the proxy for our one host unless NO_PROXY exempts it, and a CA bundle.
@@ -252,7 +247,7 @@ class ChatKitClient:
         # and no per-call merging of settings (half of requests' CPU per call) happens.
         session = requests.Session()
         if self._adapter is None:
-            self._adapter = _SharedTLSAdapter(self._ca_bundle, self._config.pool_maxsize)
+            self._adapter = SharedTLSAdapter(self._ca_bundle, self._config.pool_maxsize)
         session.mount("https://", self._adapter)
         session.mount("http://", self._adapter)
         self._sessions.append(session)
@@ -397,91 +392,6 @@ class ChatKitClient:
                 error_message=_describe(exc, cfg.api_key),
             ) from exc
         return b"".join(chunks)
-
-
-class _SharedTLSAdapter(HTTPAdapter):
-    """requests' adapter with one TLS context, holding the CA bundle, for every connection.
-
-    Left to itself, requests names the bundle on each new connection and urllib3 loads it again
-    (about 30 ms of CPU for certifi's); here it is loaded once. Verification is unchanged: the
-    context requires a certificate that the bundle vouches for, and the host name is checked.
-    Retries are ours (see ChatKitClient._call), so the adapter makes none.
-    """
-
-    def __init__(self, ca_bundle: str | None, pool_maxsize: int) -> None:
-        self._ssl_context = create_urllib3_context()
-        if ca_bundle:
-            self._ssl_context.load_verify_locations(ca_bundle)
-        super().__init__(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
-
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, ssl_context=self._ssl_context, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
-
-    def proxy_manager_for(self, proxy, **proxy_kwargs):
-        return super().proxy_manager_for(proxy, ssl_context=self._ssl_context, **proxy_kwargs)
-
-    def cert_verify(self, conn, url, verify, cert) -> None:
-        super().cert_verify(conn, url, verify, cert)
-        # The bundle is in the context already: naming it again would reload it.
-        conn.ca_certs = conn.ca_cert_dir = None
-
-
-@functools.cache
-def _os_poll() -> Callable[[], Any]:
-    """select.poll as the OS gives it, also where gevent has patched the module. Looked up once:
-    taken before gevent patches, select.poll is the OS's too."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("select"):
-        return monkey.get_original("select", "poll")
-    return select.poll
-
-
-class _DropCheck:
-    """urllib3's check that a kept-alive connection is still open, on the OS's own poll.
-
-    Before it reuses a connection, urllib3 polls it for reading with no timeout: readable means
-    the server has closed it (or sent what nobody asked for), and it is not reused. Under
-    gunicorn's gevent worker select.poll is gevent's, which answers even a zero timeout by
-    going round the event loop: the request waits behind every other request ready in its
-    worker before it is even sent, a few milliseconds at 300 ms x 256. The OS's poll answers in
-    one system call that never blocks (1.3 µs against 25).
-
-    Measured in alternating pairs (docs/benchmarks.md, 2026-12-07): 3-13 % more sessions per
-    second at 300 ms x 256, with a p50 18-47 ms lower; 4-9 % fewer at 0 ms x 64, where the
-    machine is saturated and the extra turn of the loop evened out the work. Sized for an
-    upstream that answers in hundreds of milliseconds, as OpenAI does.
-    """
-
-    sock: Any
-
-    @property
-    def is_connected(self) -> bool:
-        if self.sock is None:
-            return False
-        poller = _os_poll()()
-        poller.register(self.sock, select.POLLIN)
-        return not poller.poll(0)
-
-
-class _HTTPConnection(_DropCheck, HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_DropCheck, HTTPSConnection):
-    pass
-
-
-class _HTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-# Direct connections only: a proxy's manager keeps urllib3's own pools (and SOCKS its own).
-_POOL_CLASSES = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
 
 
 def _from_requests(exc: requests.RequestException, api_key: str) -> tuple[UpstreamError, bool]:

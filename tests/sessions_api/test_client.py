@@ -4,6 +4,7 @@ behaviours an HTTP framework will not produce (silence, hang-ups, slow drips, ke
 No mocks of requests or urllib3: retries and timeouts only mean something over a real socket.
 """
 
+import contextlib
 import functools
 import gzip
 import http.server
@@ -39,8 +40,8 @@ from sessions_api.client import (
     UpstreamInvalidResponse,
     UpstreamNetworkError,
     UpstreamTimeout,
-    _HTTPConnection,
 )
+from sessions_api.transport import CheckedHTTPConnection
 
 # Canaries: random per run, so a leak cannot hide behind a value that happens to be filtered.
 API_KEY = "sk-canary-" + secrets.token_hex(12)
@@ -1720,6 +1721,50 @@ def test_a_ca_bundle_from_the_environment_is_trusted(
         make_client(base_url).create_session(workflow_id="wf_abc", user="u")
 
 
+def tunnel(request_lines: list[bytes]):
+    """An HTTPS proxy: CONNECT, then the bytes relayed both ways to the host it names."""
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def behaviour(conn, stats, stop) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            if not (chunk := conn.recv(4096)):
+                return
+            head += chunk
+        request_lines.append(head.split(b"\r\n")[0])
+        host, _, port = head.split()[1].decode().rpartition(":")
+        with socket.create_connection((host, int(port))) as upstream:
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+            pump(conn, upstream)
+
+    return behaviour
+
+
+def test_an_https_upstream_through_the_environments_proxy_is_verified_with_the_bundle(
+    tls_upstream, raw_server, make_client, no_proxy_environment
+):
+    base_url, ca_file = tls_upstream
+    no_proxy_environment.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+    lines: list[bytes] = []
+    proxy_url, stats = raw_server(tunnel(lines))
+    no_proxy_environment.setenv("HTTPS_PROXY", proxy_url.removesuffix("/v1"))
+    client = make_client(base_url)
+
+    assert client.create_session(workflow_id="wf_abc", user="u").session_id == "cksess_123"
+
+    address = base_url.removeprefix("https://").removesuffix("/v1").encode()
+    # Through the tunnel (http.client asks for it in HTTP/1.0), verified with the bundle.
+    assert [line.rpartition(b" ")[0] for line in lines] == [b"CONNECT " + address]
+    assert stats["connections"] == 1
+
+
 def test_without_a_bundle_in_the_environment_certifis_is_trusted(make_client, monkeypatch):
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
@@ -1781,7 +1826,9 @@ def test_a_kept_alive_connection_still_open_is_reused(keepalive_server, make_cli
 
     assert len(set(client_ports)) == 1
     # Checked before reuse with the OS's poll (the next test), not urllib3's own connection's.
-    assert client._adapter.poolmanager.connection_from_url(url).ConnectionCls is _HTTPConnection
+    assert (
+        client._adapter.poolmanager.connection_from_url(url).ConnectionCls is CheckedHTTPConnection
+    )
 
 
 def test_the_connection_check_does_not_go_round_the_event_loop_under_gevent():
@@ -1790,9 +1837,9 @@ def test_the_connection_check_does_not_go_round_the_event_loop_under_gevent():
     code = (
         "from gevent import monkey; monkey.patch_all()\n"
         "import gevent, socket\n"
-        "from sessions_api.client import _HTTPConnection\n"
+        "from sessions_api.transport import CheckedHTTPConnection\n"
         "ours, theirs = socket.socketpair()\n"
-        "connection = _HTTPConnection('127.0.0.1')\n"
+        "connection = CheckedHTTPConnection('127.0.0.1')\n"
         "connection.sock = ours\n"
         "ran = []\n"
         "gevent.spawn(ran.append, 'another request')\n"
