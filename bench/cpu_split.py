@@ -29,6 +29,7 @@ from alert_latency import free_port, recreate_database, wait_until_up
 from compare import (
     BENCH_DB,
     PATHS,
+    WRK_TIMEOUT,
     migrate,
     parse_wrk,
     process_table,
@@ -43,7 +44,6 @@ from compare import (
 )
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
-WRK_TIMEOUT = 10  # seconds, as compare.py's default
 
 
 def reading(roots: list[int]) -> list[int]:

@@ -15,10 +15,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from compare import BENCH, parse_wrk, server_env, start_emulator, stop, wrk
+from compare import BENCH, WRK_TIMEOUT, parse_wrk, server_env, start_emulator, stop, wrk
 
 CREATE_LUA = BENCH / "create.lua"
-WRK_TIMEOUT = 10  # seconds, as compare.py's default
 
 
 def main() -> int:
